@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +34,17 @@ def check(ok: bool, key: str, requirement: str, value: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- optimizer
-class Family(str, Enum):
+class Family(StrEnum):
     adam = "adam"
     sgd = "sgd"
 
 
-class DecayMode(str, Enum):
+class DecayMode(StrEnum):
     torch = "torch"  # per-step shrink lr * wd (torch.optim, fastai): the best wd moves when lr is tuned
     paper = "paper"  # per-step shrink eta_t * wd (Loshchilov & Hutter): wd independent of the base lr
 
 
-class Impl(str, Enum):
+class Impl(StrEnum):
     auto = "auto"
     fused = "fused"
     foreach = "foreach"
@@ -81,7 +81,7 @@ class OptimizerConfig:
 
 
 # ---------------------------------------------------------------------------------------------- schedule
-class Warmup(str, Enum):
+class Warmup(StrEnum):
     none = "none"
     linear = "linear"
     exponential = "exponential"
@@ -110,7 +110,12 @@ class StepSchedule(ScheduleConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check(all(0 < m < 1 for m in self.milestones), "schedule.milestones", "must be in (0, 1)", self.milestones)
+        check(
+            all(0 < m < 1 for m in self.milestones),
+            "schedule.milestones",
+            "must be in (0, 1)",
+            self.milestones,
+        )
         check(0 < self.gamma <= 1, "schedule.gamma", "must be in (0, 1]", self.gamma)
 
 
@@ -128,7 +133,7 @@ class LinearSchedule(CosineSchedule):
     pass
 
 
-class Anneal(str, Enum):
+class Anneal(StrEnum):
     cos = "cos"
     linear = "linear"
 
@@ -180,7 +185,7 @@ SCHEDULES = {
 
 
 # ---------------------------------------------------------------------------------------------- trainer
-class Precision(str, Enum):
+class Precision(StrEnum):
     auto = "auto"  # bf16 autocast where the hardware runs it fast, else fp32
     fp32 = "fp32"
     bf16 = "bf16"
@@ -204,7 +209,12 @@ class TrainerConfig:
         check(self.epochs > 0, "trainer.epochs", "must be > 0", self.epochs)
         check(self.batch_size > 0, "trainer.batch_size", "must be > 0", self.batch_size)
         check(self.eval_batch_size > 0, "trainer.eval_batch_size", "must be > 0", self.eval_batch_size)
-        check(self.device in ("auto", "cpu", "cuda"), "trainer.device", "must be one of auto, cpu, cuda", self.device)
+        check(
+            self.device in ("auto", "cpu", "cuda"),
+            "trainer.device",
+            "must be one of auto, cpu, cuda",
+            self.device,
+        )
         if self.grad_clip is not None:
             check(self.grad_clip > 0, "trainer.grad_clip", "must be > 0 or null", self.grad_clip)
         if self.threads is not None:
@@ -240,7 +250,9 @@ class Cifar10Recipe:
 
     def __post_init__(self) -> None:
         check(len(self.widths) == 4, "recipe.widths", "must be four channel counts", self.widths)
-        check(0 <= self.label_smoothing < 1, "recipe.label_smoothing", "must be in [0, 1)", self.label_smoothing)
+        check(
+            0 <= self.label_smoothing < 1, "recipe.label_smoothing", "must be in [0, 1)", self.label_smoothing
+        )
         check(self.crop_padding >= 0, "recipe.crop_padding", "must be >= 0", self.crop_padding)
 
 
@@ -332,7 +344,9 @@ def explain(err: Exception, overrides: list[str], config_name: str) -> str:
     unknown = re.match(r"Could not override '([^']+)'", message)
     if unknown:
         key = unknown.group(1)
-        valid = valid_keys(key, [o for o in overrides if not o.lstrip("+~").startswith(key + "=")], config_name)
+        valid = valid_keys(
+            key, [o for o in overrides if not o.lstrip("+~").startswith(key + "=")], config_name
+        )
         if valid:
             return f"unknown config key '{key}'; valid keys here: {', '.join(valid)}"
     if err.__cause__ is not None:  # "Error merging override x=y" hides the reason in its cause

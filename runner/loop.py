@@ -19,7 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from runner import checkpoint, results
 from runner.config import Precision
@@ -37,7 +44,9 @@ class Task:
     model: torch.nn.Module
     train_size: int  # training examples per epoch
     steps_per_epoch: int
-    batches: Callable[[torch.Generator], Iterator[Batch]]  # one epoch of training batches, order from the generator
+    batches: Callable[
+        [torch.Generator], Iterator[Batch]
+    ]  # one epoch of training batches, order from the generator
     loss: Callable[[torch.nn.Module, Batch], torch.Tensor]  # training loss of one batch
     evaluate: Callable[[torch.nn.Module], dict[str, float]]  # test metrics, e.g. test_loss and test_acc
     after_step: Callable[[int], None] | None = None  # called after every optimizer step (pruning masks)
@@ -45,7 +54,7 @@ class Task:
 
 @dataclass
 class Outcome:
-    status: str  # finished | diverged | interrupted
+    status: str  # finished | diverged | interrupted | failed
     metrics: list[dict] = field(default_factory=list)  # one row per epoch, as in metrics.jsonl
 
 
@@ -63,7 +72,9 @@ def use_bf16(precision: str, device: torch.device) -> bool:
         return precision == Precision.bf16
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return torch.ops.mkldnn._is_mkldnn_bf16_supported()  # without native bf16 the emulation is slower than fp32
+    return (
+        torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )  # without native bf16 the emulation is slower than fp32
 
 
 def autocast(cfg: DictConfig, device: torch.device):
@@ -88,7 +99,9 @@ def progress_bar(enabled: bool) -> Progress:
     )
 
 
-def resume_state(task: Task, optimizer: torch.optim.Optimizer, cfg: DictConfig, run_dir: Path) -> tuple[int, list]:
+def resume_state(
+    task: Task, optimizer: torch.optim.Optimizer, cfg: DictConfig, run_dir: Path
+) -> tuple[int, list]:
     """Load the last checkpoint into the model and optimizer: (epochs done, their metrics)."""
     state = checkpoint.load(run_dir) if cfg.resume else None
     if state is None:
@@ -111,7 +124,9 @@ def fit(task: Task, cfg: DictConfig, run_dir: Path) -> Outcome:
     results.write_metrics(run_dir, history)
     step = first_epoch * task.steps_per_epoch
     with progress_bar(cfg.trainer.progress) as bar:
-        bar_task = bar.add_task("train", total=schedule.total_steps, completed=step, loss=math.nan, lr=0.0, speed=0.0)
+        bar_task = bar.add_task(
+            "train", total=schedule.total_steps, completed=step, loss=math.nan, lr=0.0, speed=0.0
+        )
         try:
             for epoch in range(first_epoch, cfg.trainer.epochs):
                 torch.manual_seed(epoch_seed(cfg.seed, epoch))  # dropout and any other global-RNG use
@@ -134,7 +149,9 @@ def fit(task: Task, cfg: DictConfig, run_dir: Path) -> Outcome:
                         if not torch.isfinite(loss):  # synchronizes, so only every log_every steps
                             return Outcome("diverged", history)
                         speed = examples / (time.perf_counter() - started)
-                        bar.update(bar_task, completed=step, loss=loss.item(), lr=eta * cfg.optimizer.lr, speed=speed)
+                        bar.update(
+                            bar_task, completed=step, loss=loss.item(), lr=eta * cfg.optimizer.lr, speed=speed
+                        )
                 train_s = time.perf_counter() - started
                 train_loss = (loss_sum / task.steps_per_epoch).item()
                 if not math.isfinite(train_loss):
@@ -144,11 +161,16 @@ def fit(task: Task, cfg: DictConfig, run_dir: Path) -> Outcome:
                 with torch.no_grad(), autocast(cfg, device):
                     metrics = task.evaluate(model)
                 row = {"epoch": epoch + 1, "train_loss": train_loss, **metrics, "lr": eta * cfg.optimizer.lr}
-                row |= {"train_s": train_s, "eval_s": time.perf_counter() - evaluated}
+                row |= {
+                    "train_s": train_s,
+                    "eval_s": time.perf_counter() - evaluated,
+                    "examples_per_s": examples / train_s,
+                }
                 history.append(row)
                 checkpoint.save(run_dir, checkpoint_state(model, optimizer, step, epoch + 1, history, cfg))
                 results.append_metrics(run_dir, row)
-                bar.console.log(epoch_line(row))
+                bar.update(bar_task, completed=step)
+                bar.console.print(epoch_line(row))
         except KeyboardInterrupt:
             return Outcome("interrupted", history)
     return Outcome("finished", history)
@@ -170,3 +192,35 @@ def checkpoint_state(model, optimizer, step: int, epoch: int, history: list, cfg
 def epoch_line(row: dict) -> str:
     shown = {k: v for k, v in row.items() if k not in ("epoch", "lr")}
     return f"epoch {row['epoch']}: " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items())
+
+
+def resumed_config(cfg: DictConfig) -> DictConfig:
+    """resume=true continues the run in run_dir under the config it was started with (saved in the run)."""
+    if cfg.run_dir is None or not (Path(cfg.run_dir) / "config.yaml").exists():
+        raise UsageError("resume=true needs run_dir=<a run directory holding config.yaml>")
+    saved = OmegaConf.load(Path(cfg.run_dir) / "config.yaml")
+    overrides = {"resume": True, "run_dir": cfg.run_dir, "trainer": {"progress": cfg.trainer.progress}}
+    return OmegaConf.merge(saved, overrides)
+
+
+def train(cfg: DictConfig) -> dict:
+    """One run of cfg.recipe: builds the task, fits it, and records the run's row in results_dir/runs.csv."""
+    import importlib
+
+    if cfg.resume:
+        cfg = resumed_config(cfg)
+    run_dir = Path(cfg.run_dir) if cfg.run_dir else results.new_run_dir(cfg)
+    if cfg.trainer.threads is not None:
+        torch.set_num_threads(cfg.trainer.threads)
+    table = Path(cfg.results_dir) / "runs.csv"
+    started, outcome = time.perf_counter(), Outcome("failed")
+    try:
+        recipe = importlib.import_module(f"recipes.{cfg.recipe.name}")
+        task = recipe.build(cfg, resolve_device(cfg.trainer.device))
+        results.upsert_row(table, results.run_row(cfg, run_dir, "running", [], 0.0))
+        outcome = fit(task, cfg, run_dir)
+    finally:
+        row = results.run_row(cfg, run_dir, outcome.status, outcome.metrics, time.perf_counter() - started)
+        if run_dir.exists():
+            results.upsert_row(table, row)
+    return row

@@ -85,7 +85,9 @@ def implementation(impl: Impl) -> dict:
     }[Impl(impl)]
 
 
-def build_optimizer(model: torch.nn.Module, cfg: DictConfig, train_size: int | None = None) -> torch.optim.Optimizer:
+def build_optimizer(
+    model: torch.nn.Module, cfg: DictConfig, train_size: int | None = None
+) -> torch.optim.Optimizer:
     """The optimizer that cfg.optimizer describes, over parameter groups of `model`.
 
     `train_size` (examples per epoch) is needed only for `optimizer.normalized_wd`.

@@ -26,10 +26,15 @@ def git_sha() -> str:
     """HEAD's short SHA, with -dirty when the tree has uncommitted changes; 'unknown' outside git."""
     try:
         sha = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
+            ["git", "-C", str(REPO), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -39,7 +44,9 @@ def git_sha() -> str:
 def new_run_dir(cfg: DictConfig) -> Path:
     choices = cfg.get("choices", {})
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = f"{stamp}-{choices.get('data', 'data')}-{choices.get('optimizer', 'opt')}-s{cfg.seed}-{os.getpid()}"
+    name = (
+        f"{stamp}-{choices.get('data', 'data')}-{choices.get('optimizer', 'opt')}-s{cfg.seed}-{os.getpid()}"
+    )
     return Path(cfg.results_dir) / "runs" / name
 
 
@@ -108,3 +115,30 @@ def run_row(cfg: DictConfig, run_dir: Path, status: str, metrics: list[dict], wa
         "git_sha": git_sha(),
         "run_dir": str(run_dir),
     }
+
+
+SETTING = ["recipe", "data", "optimizer", "schedule", "lr", "weight_decay", "epochs"]
+
+
+def summarize(results_dir: str) -> list[dict]:
+    """One row per setting over its finished runs: seeds, test accuracy mean ± std, mean wall time."""
+    import pandas as pd
+
+    rows = read_rows(Path(results_dir) / "runs.csv")
+    finished = pd.DataFrame([r for r in rows if r["status"] == "finished"], columns=RUN_COLUMNS)
+    if finished.empty:
+        return []
+    finished["test_acc"] = finished["test_acc"].astype(float)
+    finished["wall_s"] = finished["wall_s"].astype(float)
+    grouped = finished.groupby(SETTING, sort=False)
+    table = grouped.agg(
+        seeds=("seed", "count"),
+        acc_mean=("test_acc", "mean"),
+        acc_std=("test_acc", "std"),
+        wall_s=("wall_s", "mean"),
+    ).reset_index()
+    table["test_acc"] = [
+        f"{m:.4f} ± {0.0 if pd.isna(s) else s:.4f}"
+        for m, s in zip(table.acc_mean, table.acc_std, strict=True)
+    ]
+    return table[[*SETTING, "seeds", "test_acc", "wall_s"]].to_dict("records")

@@ -1,0 +1,1 @@
+"""One readable file per recipe: data, model, loss and metrics, top to bottom."""

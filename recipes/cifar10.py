@@ -1,0 +1,250 @@
+"""CIFAR-10 recipe: AdamW + one-cycle (fast.ai, "AdamW and super-convergence", 2018) on an airbench-style net.
+
+Reproduces: fast.ai's CIFAR-10 setting (AdamW, lr 3e-3, wd 0.1 in torch's convention, betas (0.95, 0.99) with
+beta1 cycled against the lr, batch 128, one-cycle with the last 7.5% annealed to lr/1000; > 94% in 30 epochs on
+a WRN-22) on the convnet of airbench94 (KellerJordan/cifar10-airbench): three conv-pool-BN-GELU blocks, label
+smoothing 0.2, random crop + flip, flip test-time augmentation, the data held in memory as uint8 tensors.
+Expected, offline on the real Fashion-MNIST (data=fashion_mnist), 2 CPU cores: see README ("make demo").
+Commands:
+    adamrun train recipe=cifar10                              # real CIFAR-10, downloaded to data.root
+    adamrun train recipe=cifar10 data=fashion_mnist           # offline, Debian's dataset-fashion-mnist
+    adamrun train recipe=cifar10 optimizer=adam_l2 optimizer.weight_decay=5e-4 trainer.epochs=10
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig
+from torch import nn
+
+from runner.errors import UsageError
+from runner.loop import Task
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+@dataclass
+class Images:
+    train_x: torch.Tensor  # uint8, N x C x H x W
+    train_y: torch.Tensor  # int64, N
+    test_x: torch.Tensor
+    test_y: torch.Tensor
+    classes: int
+
+
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
+CIFAR10_TEST = ["test_batch"]
+
+
+def read_cifar10_batches(folder: Path, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The python-pickle batches of cifar-10-python.tar.gz: 'data' N x 3072 uint8 (RGB planes), 'labels'."""
+    xs, ys = [], []
+    for name in names:
+        with open(folder / name, "rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+        xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(batch["labels"], dtype=np.int64))
+    return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+
+def load_cifar10(cfg: DictConfig) -> Images:
+    root = Path(cfg.root).expanduser()
+    folder = root / CIFAR10_FOLDER
+    if not all((folder / name).exists() for name in CIFAR10_TRAIN + CIFAR10_TEST):
+        if not cfg.download:
+            raise UsageError(f"CIFAR-10 not found in {folder}; set data.download=true or data.root=<folder>")
+        download_cifar10(root)
+    train_x, train_y = read_cifar10_batches(folder, CIFAR10_TRAIN)
+    test_x, test_y = read_cifar10_batches(folder, CIFAR10_TEST)
+    return Images(train_x, train_y, test_x, test_y, classes=10)
+
+
+def download_cifar10(root: Path) -> None:
+    from torchvision.datasets import CIFAR10
+
+    try:
+        CIFAR10(str(root), train=True, download=True)
+    except OSError as err:  # URLError and friends: no network, or the mirror is down
+        raise UsageError(f"could not download CIFAR-10 to {root}: {err}") from err
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (gzip), as LeCun's MNIST and Zalando's Fashion-MNIST ship them: magic, dims, then uint8."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    magic = int.from_bytes(data[0:4], "big")
+    if magic >> 8 != 0x08:  # 0x08: unsigned byte; the low byte is the number of dimensions
+        raise UsageError(f"{path} is not an IDX file of unsigned bytes (magic {magic:#x})")
+    ndim = magic & 0xFF
+    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def load_fashion_mnist(cfg: DictConfig) -> Images:
+    root = Path(cfg.root).expanduser()
+    files = {
+        "train_x": "train-images-idx3-ubyte.gz",
+        "train_y": "train-labels-idx1-ubyte.gz",
+        "test_x": "t10k-images-idx3-ubyte.gz",
+        "test_y": "t10k-labels-idx1-ubyte.gz",
+    }
+    missing = [name for name in files.values() if not (root / name).exists()]
+    if missing:
+        raise UsageError(
+            f"Fashion-MNIST not found in {root} (missing {missing[0]}); "
+            "install it with `sudo apt-get install dataset-fashion-mnist`, or set data.root=<folder>"
+        )
+    arrays = {key: torch.from_numpy(read_idx(root / name).copy()) for key, name in files.items()}
+    return Images(
+        arrays["train_x"][:, None],
+        arrays["train_y"].long(),
+        arrays["test_x"][:, None],
+        arrays["test_y"].long(),
+        10,
+    )
+
+
+LOADERS = {"cifar10": load_cifar10, "fashion_mnist": load_fashion_mnist}
+
+
+def load_images(cfg: DictConfig) -> Images:
+    if cfg.name not in LOADERS:
+        raise UsageError(f"recipe cifar10 cannot read data '{cfg.name}'; valid: {', '.join(LOADERS)}")
+    images = LOADERS[cfg.name](cfg)
+    return Images(
+        images.train_x[: cfg.train_limit],
+        images.train_y[: cfg.train_limit],
+        images.test_x[: cfg.test_limit],
+        images.test_y[: cfg.test_limit],
+        images.classes,
+    )
+
+
+def random_crop_flip(padded: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
+    """Random translations by up to `padding` pixels and horizontal flips of a uint8 batch, in one gather."""
+    n, _, height, width = padded.shape
+    height, width = height - 2 * padding, width - 2 * padding
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=gen)
+    flips = torch.rand(n, generator=gen) < 0.5
+    rows = (dy[:, None] + torch.arange(height)).to(padded.device)
+    cols = (dx[:, None] + torch.arange(width)).to(padded.device)
+    flips = flips.to(padded.device)
+    if flip:
+        cols = torch.where(flips[:, None], cols.flip(1), cols)
+    batch = torch.arange(n, device=padded.device)[:, None, None]
+    return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(
+        0, 3, 1, 2
+    )  # gather gives N x H x W x C
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+
+class Scale(nn.Module):
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+
+def conv_block(c_in: int, c_out: int, bn_momentum: float) -> nn.Sequential:
+    """airbench's ConvGroup: conv, 2x2 max-pool, BN, GELU, conv, BN, GELU."""
+    return nn.Sequential(
+        nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
+        nn.MaxPool2d(2),
+        nn.BatchNorm2d(c_out, momentum=bn_momentum),
+        nn.GELU(),
+        nn.Conv2d(c_out, c_out, 3, padding=1, bias=False),
+        nn.BatchNorm2d(c_out, momentum=bn_momentum),
+        nn.GELU(),
+    )
+
+
+def make_net(in_channels: int, classes: int, recipe: DictConfig) -> nn.Sequential:
+    stem, *blocks = recipe.widths
+    widths = [stem, *blocks]
+    return nn.Sequential(
+        nn.Conv2d(in_channels, stem, 3, padding=1, bias=False),
+        nn.BatchNorm2d(stem, momentum=recipe.bn_momentum),
+        nn.GELU(),
+        *(
+            conv_block(c_in, c_out, recipe.bn_momentum)
+            for c_in, c_out in zip(widths, widths[1:], strict=False)
+        ),
+        nn.AdaptiveMaxPool2d(1),
+        nn.Flatten(),
+        nn.Linear(widths[-1], classes, bias=False),
+        Scale(recipe.scaling),
+    )
+
+
+# ------------------------------------------------------------------------------------------------ task
+
+
+def build(cfg: DictConfig, device: torch.device) -> Task:
+    torch.manual_seed(cfg.seed)
+    images = load_images(cfg.data)
+    memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
+    train_x, test_x = images.train_x.float() / 255, images.test_x.float() / 255
+    mean, std = train_x.mean(dim=(0, 2, 3), keepdim=True), train_x.std(dim=(0, 2, 3), keepdim=True)
+    pad = cfg.recipe.crop_padding
+    padded = F.pad(images.train_x, (pad, pad, pad, pad), mode="reflect" if pad else "constant").to(device)
+    train_y, test_y = images.train_y.to(device), images.test_y.to(device)
+    mean, std = mean.to(device), std.to(device)
+    test_x = ((test_x.to(device) - mean) / std).contiguous(memory_format=memory_format)
+    model = make_net(images.train_x.shape[1], images.classes, cfg.recipe).to(
+        device, memory_format=memory_format
+    )
+    batch_size = cfg.trainer.batch_size
+    n_train = len(train_y)
+
+    def normalize(x_uint8: torch.Tensor) -> torch.Tensor:
+        return ((x_uint8.float() / 255 - mean) / std).contiguous(memory_format=memory_format)
+
+    def batches(gen: torch.Generator):
+        order = torch.randperm(n_train, generator=gen)
+        for start in range(0, n_train, batch_size):
+            idx = order[start : start + batch_size].to(device)
+            yield normalize(random_crop_flip(padded[idx], pad, cfg.recipe.flip, gen)), train_y[idx]
+
+    def loss(model: nn.Module, batch) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(model(x), y, label_smoothing=cfg.recipe.label_smoothing)
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        logits = torch.cat(
+            [predict(model, x, cfg.trainer.tta) for x in test_x.split(cfg.trainer.eval_batch_size)]
+        )
+        return {
+            "test_loss": F.cross_entropy(logits, test_y).item(),
+            "test_acc": (logits.argmax(1) == test_y).float().mean().item(),
+        }
+
+    return Task(
+        model=model,
+        train_size=n_train,
+        steps_per_epoch=math.ceil(n_train / batch_size),
+        batches=batches,
+        loss=loss,
+        evaluate=evaluate,
+    )
+
+
+def predict(model: nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
+    """Logits in fp32; with test-time augmentation, averaged over the image and its horizontal flip."""
+    logits = model(x).float()
+    if tta:
+        logits = (logits + model(x.flip(-1)).float()) / 2
+    return logits

@@ -1,0 +1,130 @@
+"""The adamrun command line: typer parses the command, Hydra composes the config, runner/ does the work.
+
+No ML here. Heavy imports (torch) happen inside the commands that need them, so `adamrun --help` is instant.
+A user's mistake becomes one line on stderr and exit code 2; `--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="Reproduce AdamW / super-convergence results and benchmark pruned BERT on your CPU.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+config_app = typer.Typer(help="Inspect the composed configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+console = Console()
+err_console = Console(stderr=True)
+
+Overrides = Annotated[
+    list[str] | None,
+    typer.Argument(help="Hydra overrides, key=value or group=option (e.g. optimizer=adamw optimizer.lr=3e-3).",
+                   show_default=False),
+]  # fmt: skip
+Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+
+EXIT_CODES = {"finished": 0, "diverged": 1, "failed": 1, "interrupted": 130}
+
+TRAIN_EXAMPLES = """
+Examples:
+
+  adamrun train recipe=cifar10 data=fashion_mnist optimizer=adamw schedule=one_cycle
+
+  adamrun train recipe=cifar10 optimizer=adam_l2 optimizer.weight_decay=5e-4 trainer.epochs=10
+
+  adamrun train resume=true run_dir=results/runs/<id>
+"""
+
+
+@app.command(epilog=TRAIN_EXAMPLES)
+def train(overrides: Overrides = None, debug: Debug = False) -> None:
+    """Train one recipe; writes a run directory and a row of results/runs.csv."""
+    from runner.config import compose
+    from runner.loop import train as run_training
+
+    row = run_training(compose(overrides or []))
+    show_fields(row, title=f"run {row['run_id']}")
+    raise typer.Exit(EXIT_CODES[row["status"]])
+
+
+@config_app.command("show")
+def config_show(overrides: Overrides = None, debug: Debug = False) -> None:
+    """Print the composed, validated config as YAML (e.g. adamrun config show recipe=cifar10)."""
+    from omegaconf import OmegaConf
+
+    from runner.config import compose
+
+    console.print(OmegaConf.to_yaml(compose(overrides or [])), markup=False, highlight=False)
+
+
+@app.command()
+def report(overrides: Overrides = None, debug: Debug = False) -> None:
+    """Summarize results/runs.csv: test accuracy mean ± std over seeds for each setting."""
+    from runner.config import compose
+    from runner.results import summarize
+
+    summary = summarize(compose(overrides or []).results_dir)
+    show_rows(summary, title="runs (mean ± std over seeds)")
+
+
+@app.command("sparsify-bert")
+def sparsify_bert(overrides: Overrides = None, debug: Debug = False) -> None:
+    """Fine-tune, prune, distil, quantize and benchmark a BERT model on the CPU; writes comparison tables."""
+    from runner.config import compose
+    from runner.sparsify.pipeline import run
+
+    run_dir = run(compose(overrides or [], config_name="sparsify_bert"))
+    console.print(f"report: {run_dir / 'report.md'}")
+
+
+def show_rows(rows: list[dict], title: str) -> None:
+    from rich.table import Table
+
+    if not rows:
+        console.print("no runs yet")
+        return
+    table = Table(title=title)
+    for column in rows[0]:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(format_cell(value) for value in row.values()))
+    console.print(table)
+
+
+def show_fields(row: dict, title: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=title, show_header=False)
+    for key, value in row.items():
+        table.add_row(key, format_cell(value))
+    console.print(table)
+
+
+def format_cell(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def main() -> None:
+    """Console entry point: known errors become one line and exit code 2."""
+    from runner.errors import UsageError
+
+    try:
+        app()
+    except UsageError as err:
+        if "--debug" in sys.argv:
+            raise
+        err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Shared fixtures: tiny datasets in the real on-disk formats, and the real configs shrunk to CPU seconds."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runner.config import compose
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """IDX as Fashion-MNIST ships it: magic 0x0008<ndim>, big-endian dims, then unsigned bytes; gzip."""
+    header = (0x0800 | array.ndim).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def write_fashion_mnist(root: Path, n_train: int, n_test: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Learnable fake images: each class has its own brightness (the nets pool globally, so not a position)."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = (25 * labels[:, None, None] + rng.integers(0, 20, (n, 28, 28))).astype(np.uint8)
+        write_idx(root / f"{split}-images-idx3-ubyte.gz", images)
+        write_idx(root / f"{split}-labels-idx1-ubyte.gz", labels)
+        arrays[split] = (images, labels)
+    return arrays
+
+
+@pytest.fixture
+def fmnist_root(tmp_path: Path) -> Path:
+    root = tmp_path / "fashion-mnist"
+    root.mkdir()
+    write_fashion_mnist(root, n_train=192, n_test=64)
+    return root
+
+
+def write_cifar10(folder: Path, per_batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """cifar-10-batches-py as the python tarball ships it: pickled dicts with 'data' N x 3072 and 'labels'."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    xs, ys = [], []
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        data = rng.integers(0, 256, (per_batch, 3072)).astype(np.uint8)
+        labels = rng.integers(0, 10, per_batch).tolist()
+        with open(folder / name, "wb") as f:
+            pickle.dump({"batch_label": name.encode(), "labels": labels, "data": data}, f)
+        xs.append(data)
+        ys.append(labels)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def tiny_overrides(tmp_path: Path, fmnist_root: Path) -> list[str]:
+    """The real train config on the tiny Fashion-MNIST fixture: a few CPU seconds per run."""
+    return [
+        "data=fashion_mnist",
+        f"data.root={fmnist_root}",
+        f"results_dir={tmp_path / 'results'}",
+        "recipe.widths=[8,8,16,16]",
+        "trainer.epochs=3",
+        "trainer.batch_size=32",
+        "trainer.eval_batch_size=64",
+        "trainer.progress=false",
+        "trainer.log_every=2",
+        "trainer.threads=1",
+    ]
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path: Path, fmnist_root: Path):
+    def make(*extra: str):
+        return compose(tiny_overrides(tmp_path, fmnist_root) + list(extra))
+
+    return make

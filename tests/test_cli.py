@@ -1,0 +1,92 @@
+"""The command line: one-line errors with exit code 2, help that answers without importing torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from runner import cli
+from runner.config import compose
+from runner.errors import UsageError
+from tests.conftest import tiny_overrides
+
+CONF_GROUPS = {
+    "optimizer": ["adam_l2", "adamw", "amsgrad", "sgd", "sgdw"],
+    "schedule": ["constant", "cosine", "linear", "one_cycle", "step", "warm_restarts"],
+    "data": ["cifar10", "fashion_mnist"],
+    "recipe": ["cifar10"],
+}
+
+
+def run_main(monkeypatch, capsys, *argv: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["adamrun", *argv])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+@pytest.mark.parametrize("group,options", CONF_GROUPS.items())
+def test_every_group_option_composes(group, options):
+    for option in options:
+        assert compose([f"{group}={option}"]).choices[group] == option
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("optimizer=adamx", "valid choices: adam_l2, adamw, amsgrad, sgd, sgdw"),
+        ("schedule=cyclic", "valid choices: constant, cosine, linear, one_cycle, step, warm_restarts"),
+        ("optimizer.lrr=1", "unknown config key 'optimizer.lrr'; valid keys here: family, decoupled, lr,"),
+        ("optimizer.lr=-1", "optimizer.lr must be > 0"),
+        ("optimizer.betas=[0.9,1.0]", "optimizer.betas[1] must be in [0, 1)"),
+        ("trainer.epochs=0", "trainer.epochs must be > 0"),
+        ("trainer.epochs=two", "full_key: trainer.epochs"),
+        ("optimizer.decay_mode=fastai", "expected one of [torch, paper]"),
+    ],
+)
+def test_a_bad_override_is_one_line_and_exit_code_2(monkeypatch, capsys, override, expected):
+    code, out, err = run_main(monkeypatch, capsys, "train", override)
+    assert code == 2
+    assert expected in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert out == ""
+
+
+def test_debug_shows_the_traceback(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["adamrun", "train", "optimizer.lr=-1", "--debug"])
+    with pytest.raises(UsageError):
+        cli.main()
+
+
+def test_missing_data_is_one_line_with_the_install_hint(monkeypatch, capsys, tmp_path):
+    code, _, err = run_main(monkeypatch, capsys, "train", "data=fashion_mnist", f"data.root={tmp_path}",
+                            f"results_dir={tmp_path}")  # fmt: skip
+    assert code == 2 and "apt-get install dataset-fashion-mnist" in err
+
+
+def test_resume_without_a_run_dir_is_a_usage_error(monkeypatch, capsys, tmp_path):
+    code, _, err = run_main(monkeypatch, capsys, "train", "resume=true", f"run_dir={tmp_path / 'nothing'}")
+    assert code == 2 and "resume=true needs run_dir" in err
+
+
+def test_train_prints_the_row_and_report_summarizes_seeds(monkeypatch, capsys, tmp_path, fmnist_root):
+    overrides = tiny_overrides(tmp_path, fmnist_root) + ["trainer.epochs=1"]
+    for seed in (0, 1):
+        code, out, _ = run_main(monkeypatch, capsys, "train", *overrides, f"seed={seed}")
+        assert code == 0 and "finished" in out
+    code, out, _ = run_main(monkeypatch, capsys, "report", f"results_dir={tmp_path / 'results'}")
+    assert code == 0 and "fashion_mnist" in out and "±" in out
+
+
+def test_config_show_prints_the_composed_yaml(monkeypatch, capsys):
+    code, out, _ = run_main(monkeypatch, capsys, "config", "show", "optimizer=sgdw")
+    assert code == 0 and "decoupled: true" in out and "family: sgd" in out
+
+
+def test_help_does_not_import_torch():
+    probe = "import sys, runner.cli; sys.argv = ['adamrun', '--help']\ntry:\n runner.cli.main()\nexcept SystemExit:\n pass\nprint('torch' in sys.modules)"  # noqa: E501
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert "train" in result.stdout and result.stdout.strip().endswith("False")

@@ -1,0 +1,112 @@
+"""The shared loop end to end on the real configs, shrunk: run directory, rows, resume, divergence."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from recipes import cifar10
+from runner import checkpoint, results
+from runner.config import compose
+from runner.loop import train
+from tests.conftest import tiny_overrides
+
+TIMING = "_s"  # metrics whose names end in _s are wall-clock timings: equal runs differ only there
+
+
+def without_timings(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if not k.endswith(TIMING)} for row in rows]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_run_writes_its_directory_and_row(tiny_cfg, tmp_path):
+    row = train(tiny_cfg())
+    run_dir = Path(row["run_dir"])
+    assert row["status"] == "finished"
+    assert {p.name for p in run_dir.iterdir()} >= {"config.yaml", "metrics.jsonl", "checkpoint.pt"}
+    metrics = read_metrics(run_dir)
+    assert [m["epoch"] for m in metrics] == [1, 2, 3]
+    assert {"train_loss", "test_loss", "test_acc", "lr", "train_s", "eval_s"} <= set(metrics[0])
+    # the fixture's classes differ in brightness: 18 steps take it well above chance (0.1)
+    assert metrics[-1]["test_acc"] > 0.25 and metrics[-1]["test_loss"] < metrics[0]["test_loss"]
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert {"model", "optimizer", "scheduler", "step", "rng", "config"} <= set(state)
+    assert state["config"]["optimizer"]["lr"] == 3e-3
+    [saved] = results.read_rows(tmp_path / "results" / "runs.csv")
+    assert (
+        saved["status"] == "finished" and saved["optimizer"] == "adamw" and saved["data"] == "fashion_mnist"
+    )
+    assert float(saved["test_acc"]) == pytest.approx(metrics[-1]["test_acc"])
+
+
+def test_interrupted_and_resumed_run_is_bitwise_the_straight_run(tiny_cfg, tmp_path, monkeypatch):
+    straight = train(tiny_cfg(f"run_dir={tmp_path / 'straight'}"))
+    build = cifar10.build
+
+    def build_interrupted(cfg, device):  # Ctrl-C in the middle of epoch 2
+        task = build(cfg, device)
+        batches = task.batches
+
+        def interrupting(gen):
+            for i, batch in enumerate(batches(gen)):
+                state = checkpoint.load(Path(cfg.run_dir))
+                if state is not None and state["epoch"] == 1 and i == 2:
+                    raise KeyboardInterrupt
+                yield batch
+
+        task.batches = interrupting
+        return task
+
+    monkeypatch.setattr(cifar10, "build", build_interrupted)
+    resumed_dir = tmp_path / "resumed"
+    interrupted = train(tiny_cfg(f"run_dir={resumed_dir}"))
+    assert interrupted["status"] == "interrupted"
+    assert results.read_rows(tmp_path / "results" / "runs.csv")[-1]["status"] == "interrupted"
+    monkeypatch.setattr(cifar10, "build", build)
+    resumed = train(tiny_cfg(f"run_dir={resumed_dir}", "resume=true"))
+    assert resumed["status"] == "finished"
+    assert_same_run(Path(straight["run_dir"]), resumed_dir)
+    rows = results.read_rows(tmp_path / "results" / "runs.csv")
+    assert [r["status"] for r in rows if r["run_id"] == "resumed"] == ["finished"]  # the row was updated
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    state_a, state_b = checkpoint.load(a), checkpoint.load(b)
+    for key, tensor in state_a["model"].items():
+        assert torch.equal(tensor, state_b["model"][key]), key
+    assert without_timings(read_metrics(a)) == without_timings(read_metrics(b))
+    assert state_a["step"] == state_b["step"]
+
+
+def test_sigkill_at_any_moment_then_resume_equals_the_straight_run(tmp_path, fmnist_root):
+    overrides = tiny_overrides(tmp_path, fmnist_root) + ["trainer.epochs=4"]
+    straight = train(compose([*overrides, f"run_dir={tmp_path / 'straight'}"]))
+    killed_dir = tmp_path / "killed"
+    command = [sys.executable, "-m", "runner.cli", "train", *overrides, f"run_dir={killed_dir}"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed_dir / checkpoint.CHECKPOINT).exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)  # no handler runs: whatever is on disk is what a crash leaves
+    process.wait()
+    assert checkpoint.load(killed_dir)["epoch"] < 4, "the run finished before it could be killed"
+    resumed = subprocess.run([*command, "resume=true"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_run(Path(straight["run_dir"]), killed_dir)
+
+
+def test_a_non_finite_loss_stops_the_run_as_diverged(tiny_cfg):
+    row = train(tiny_cfg("optimizer=sgd", "optimizer.lr=1e30", "schedule=constant"))
+    assert row["status"] == "diverged"
+    assert row["test_acc"] == ""  # no epoch finished
