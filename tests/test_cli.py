@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from rich.console import Console
 
 from runner import cli
 from runner.config import compose
@@ -22,6 +23,7 @@ CONF_GROUPS = {
 
 def run_main(monkeypatch, capsys, *argv: str) -> tuple[int, str, str]:
     monkeypatch.setattr(sys, "argv", ["adamrun", *argv])
+    monkeypatch.setattr(cli, "console", Console(width=200))  # a wide terminal: tables print unwrapped
     with pytest.raises(SystemExit) as exit_info:
         cli.main()
     out, err = capsys.readouterr()
