@@ -40,7 +40,7 @@ test: lint
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken"; fi; exit $$rc
 
 bench: install data
-	$(PY) -m runner.bench
+	$(ADAMRUN) bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -76,6 +76,14 @@ def report(overrides: Overrides = None, debug: Debug = False) -> None:
     show_rows(summary, title="runs (mean ± std over seeds)")
 
 
+@app.command()
+def bench(overrides: Overrides = None, debug: Debug = False) -> None:
+    """Measure the recipe loop against a plain loop, and optimizer step implementations (results/bench/)."""
+    from runner.bench import main as run_bench
+
+    console.print(f"wrote {run_bench(overrides or [])}")
+
+
 @app.command("sparsify-bert")
 def sparsify_bert(overrides: Overrides = None, debug: Debug = False) -> None:
     """Fine-tune, prune, distil, quantize and benchmark a BERT model on the CPU; writes comparison tables."""

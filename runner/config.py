@@ -273,9 +273,28 @@ class TrainConfig:
     results_dir: str = MISSING
 
 
+@dataclass
+class BenchSettings:
+    out_dir: str = MISSING
+    train_images: int = MISSING
+    repeats: int = MISSING
+    optimizer_steps: int = MISSING
+    warmup_steps: int = MISSING
+
+    def __post_init__(self) -> None:
+        for key in ("train_images", "repeats", "optimizer_steps"):
+            check(getattr(self, key) > 0, f"bench.{key}", "must be > 0", getattr(self, key))
+
+
+@dataclass
+class BenchConfig(TrainConfig):
+    bench: BenchSettings = MISSING
+
+
 def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train" + SCHEMA_SUFFIX, node=TrainConfig)
+    cs.store(name="bench_train" + SCHEMA_SUFFIX, node=BenchConfig)
     cs.store(group="optimizer", name="optimizer" + SCHEMA_SUFFIX, node=OptimizerConfig)
     cs.store(group="trainer", name="trainer" + SCHEMA_SUFFIX, node=TrainerConfig)
     cs.store(group="data", name="data" + SCHEMA_SUFFIX, node=DataConfig)
