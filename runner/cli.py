@@ -47,7 +47,7 @@ Examples:
 
 @app.command(epilog=TRAIN_EXAMPLES)
 def train(overrides: Overrides = None, debug: Debug = False) -> None:
-    """Train one recipe; writes a run directory and a row of results/runs.csv."""
+    """Train a recipe: a run directory plus a row in runs.csv."""
     from runner.config import compose
     from runner.loop import train as run_training
 
@@ -68,7 +68,7 @@ def config_show(overrides: Overrides = None, debug: Debug = False) -> None:
 
 @app.command()
 def report(overrides: Overrides = None, debug: Debug = False) -> None:
-    """Summarize results/runs.csv: test accuracy mean ± std over seeds for each setting."""
+    """Test accuracy mean ± std over seeds, per setting."""
     from runner.config import compose
     from runner.results import summarize
 
@@ -78,7 +78,7 @@ def report(overrides: Overrides = None, debug: Debug = False) -> None:
 
 @app.command()
 def bench(overrides: Overrides = None, debug: Debug = False) -> None:
-    """Measure the recipe loop against a plain loop, and optimizer step implementations (results/bench/)."""
+    """Time the recipe loop against a plain loop (results/bench/)."""
     from runner.bench import main as run_bench
 
     console.print(f"wrote {run_bench(overrides or [])}")
@@ -86,7 +86,7 @@ def bench(overrides: Overrides = None, debug: Debug = False) -> None:
 
 @app.command("sparsify-bert")
 def sparsify_bert(overrides: Overrides = None, debug: Debug = False) -> None:
-    """Fine-tune, prune, distil, quantize and benchmark a BERT model on the CPU; writes comparison tables."""
+    """Prune, distil, quantize and time BERT on the CPU."""
     from runner.config import compose
     from runner.sparsify.pipeline import run
 
