@@ -138,7 +138,7 @@ def summarize(results_dir: str) -> list[dict]:
         wall_s=("wall_s", "mean"),
     ).reset_index()
     table["test_acc"] = [
-        f"{m:.4f} ± {0.0 if pd.isna(s) else s:.4f}"
-        for m, s in zip(table.acc_mean, table.acc_std, strict=True)
+        f"{mean:.4f}" if seeds == 1 else f"{mean:.4f} ± {std:.4f}"
+        for mean, std, seeds in zip(table.acc_mean, table.acc_std, table.seeds, strict=True)
     ]
     return table[[*SETTING, "seeds", "test_acc", "wall_s"]].to_dict("records")

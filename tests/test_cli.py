@@ -80,7 +80,7 @@ def test_train_prints_the_row_and_report_summarizes_seeds(monkeypatch, capsys, t
         code, out, _ = run_main(monkeypatch, capsys, "train", *overrides, f"seed={seed}")
         assert code == 0 and "finished" in out
     code, out, _ = run_main(monkeypatch, capsys, "report", f"results_dir={tmp_path / 'results'}")
-    assert code == 0 and "fashion_mnist" in out and "±" in out
+    assert code == 0 and "fashion_mnist" in out and "±" in out  # two seeds: mean ± std
 
 
 def test_config_show_prints_the_composed_yaml(monkeypatch, capsys):
