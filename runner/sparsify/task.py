@@ -45,7 +45,9 @@ def data_file(task_cfg: Any) -> Path:
         found = [f for f in files if str(f) == task_cfg.file]
         path = Path(found[0].locate()) if found else Path("<missing>")
     if not path.is_file():
-        raise UsageError(f"task.file '{task_cfg.file}' not found (package: {task_cfg.package}); run `make install`")
+        raise UsageError(
+            f"task.file '{task_cfg.file}' not found (package: {task_cfg.package}); run `make install`"
+        )
     return path
 
 
@@ -91,7 +93,7 @@ def take(texts: list[tuple[str, ...]], labels: np.ndarray, indices: np.ndarray) 
 
 
 def load_task(task_cfg: Any, seed: int) -> TaskData:
-    if task_cfg.kind is TaskKind.wiki_json or task_cfg.kind == TaskKind.wiki_json.value:
+    if task_cfg.kind == TaskKind.wiki_json:
         texts, names = read_wiki(task_cfg)
         label_names = sorted(set(names))
         labels = np.array([label_names.index(name) for name in names], dtype=np.int64)
@@ -117,7 +119,9 @@ def encode(split: Split, tokenizer: Any, max_len: int) -> dict[str, Any]:
     import torch
 
     columns = list(zip(*split.texts, strict=True))
-    tokens = tokenizer(*columns, truncation=True, max_length=max_len, padding="max_length", return_tensors="pt")
+    tokens = tokenizer(
+        *columns, truncation=True, max_length=max_len, padding="max_length", return_tensors="pt"
+    )
     encoded = dict(tokens)
     encoded["labels"] = torch.as_tensor(split.labels)
     return encoded

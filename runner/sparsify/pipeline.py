@@ -1,0 +1,224 @@
+"""`adamrun sparsify-bert`: the whole path in resumable stages, each writing under the run directory.
+
+    stages/finetune/            dense fine-tuned teacher (model.pt, config.json, structure.json, metrics.json)
+    stages/prune-<variant>/     one gradual-pruning run with distillation per sparsity x mode
+    stages/quantize/            variants.json: every (variant, precision, engine) with its measured accuracy
+    variants/<variant>-<precision>/model.onnx     every ONNX model that is benchmarked
+    stages/bench/               timings.json, instances.json, environment.json
+    comparison.csv, report.md, pareto.png
+
+A stage whose outputs exist is skipped under stage=all; naming a stage reruns just that one (stage=bench also
+rewrites the report from the new timings).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from runner.errors import UsageError
+
+STAGES = ("finetune", "prune", "quantize", "bench", "report")
+DONE = "metrics.json"  # written last by a training stage: its presence means the stage finished
+
+
+@dataclass
+class Variant:
+    name: str  # dense | s<sparsity>-structured | s<sparsity>-unstructured
+    sparsity: float
+    structured: bool
+
+
+@dataclass
+class Run:
+    cfg: DictConfig
+    dir: Path
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def stage(self, name: str) -> Path:
+        return self.dir / "stages" / name
+
+    def data(self) -> tuple[dict[str, dict], list[str]]:
+        """Encoded train/validation/test splits and the label names (loaded once per process)."""
+        if "data" not in self.cache:
+            from runner.sparsify import model, task
+
+            loaded = task.load_task(self.cfg.task, self.cfg.seed)
+            tokenizer = model.load_tokenizer(self.cfg.model)
+            encoded = {
+                s: task.encode(getattr(loaded, s), tokenizer, self.cfg.task.max_len) for s in task.SPLITS
+            }
+            self.cache["data"] = (encoded, loaded.label_names)
+        return self.cache["data"]
+
+
+def variants(cfg: DictConfig) -> list[Variant]:
+    modes = [m for m, on in ((False, cfg.sparsify.unstructured), (True, cfg.sparsify.structured)) if on]
+    pruned = [
+        Variant(f"s{s:g}-{'structured' if m else 'unstructured'}", s, m)
+        for s in cfg.sparsify.sparsity
+        for m in modes
+    ]
+    return [Variant("dense", 0.0, False), *pruned]
+
+
+def model_dir(run: Run, variant: Variant) -> Path:
+    return run.stage("finetune" if variant.name == "dense" else f"prune-{variant.name}")
+
+
+def require(path: Path, stage: str) -> None:
+    if not path.exists():
+        raise UsageError(f"stage={stage} needs {path} (run the earlier stages first, e.g. stage=all)")
+
+
+def with_epochs(cfg: DictConfig, epochs: int) -> DictConfig:
+    changed = copy.deepcopy(cfg)
+    changed.trainer.epochs = epochs
+    return changed
+
+
+def write_json(path: Path, value: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2))
+
+
+# ------------------------------------------------------------------------------------------ the stages
+def train(run: Run, model: Any, cfg: DictConfig, out: Path, loss: Any, after_step: Any = None) -> list[dict]:
+    from runner.loop import fit
+    from runner.sparsify.training import make_task
+
+    encoded, _ = run.data()
+    outcome = fit(make_task(model, encoded, cfg, loss, after_step), cfg, out)
+    if outcome.status != "finished":
+        raise SystemExit(f"{out.name}: training {outcome.status}; rerun with resume=true run_dir={run.dir}")
+    return outcome.metrics
+
+
+def finish(run: Run, model: Any, out: Path, history: list[dict]) -> None:
+    """Save the trained variant and its test metrics; metrics.json marks the stage done."""
+    from runner.sparsify import training
+
+    training.save_model(model, out)
+    encoded, _ = run.data()
+    test = encoded["test"]
+    found = training.scores(
+        training.predict(training.torch_forward(model), test, run.cfg.export.eval_batch_size),
+        test["labels"],
+        "test",
+    )
+    write_json(out / DONE, {"epochs": history, **found})
+
+
+def finetune(run: Run, forced: bool) -> None:
+    import torch
+
+    from runner.sparsify import model as models
+    from runner.sparsify.training import cross_entropy
+
+    out = run.stage("finetune")
+    if (out / DONE).exists() and not forced:
+        return
+    _, labels = run.data()
+    torch.manual_seed(run.cfg.seed)  # the new classification head
+    model = models.load_model(run.cfg.model, len(labels))
+    finish(run, model, out, train(run, model, run.cfg, out, cross_entropy))
+
+
+def prune(run: Run, forced: bool) -> None:
+    from runner.sparsify import pruning, training
+
+    teacher_dir = run.stage("finetune")
+    require(teacher_dir / DONE, "prune")
+    cfg = with_epochs(run.cfg, run.cfg.prune.epochs)
+    for variant in variants(run.cfg)[1:]:
+        out = model_dir(run, variant)
+        if (out / DONE).exists() and not forced:
+            continue
+        teacher, student = training.load_saved(teacher_dir), training.load_saved(teacher_dir)
+        teacher.requires_grad_(False)
+        encoded, _ = run.data()
+        steps = training.steps_per_epoch(encoded, cfg) * cfg.trainer.epochs
+        pruner = pruning.PRUNERS[variant.structured](student, cfg.prune, variant.sparsity, steps)
+        history = train(run, student, cfg, out, training.distilled(teacher, cfg.distill), pruner)
+        finish(run, pruner.finalize(student), out, history)
+
+
+def quantize(run: Run, forced: bool) -> None:
+    from runner.sparsify import engines
+    from runner.sparsify.bench import progress
+
+    out = run.stage("quantize") / "variants.json"
+    if out.exists() and not forced:
+        return
+    encoded, _ = run.data()
+    rows = []
+    with progress() as bar:
+        for variant in bar.track(variants(run.cfg), description="export, quantize, test accuracy"):
+            require(model_dir(run, variant) / DONE, "quantize")
+            rows += engines.build_variant(run, variant, model_dir(run, variant), encoded["test"])
+    write_json(out, rows)
+
+
+def bench(run: Run, forced: bool) -> None:
+    from runner.sparsify import bench as benchmark
+
+    out = run.stage("bench")
+    if (out / "timings.json").exists() and not forced:
+        return
+    require(run.stage("quantize") / "variants.json", "bench")
+    rows = json.loads((run.stage("quantize") / "variants.json").read_text())
+    benchmark.run_all(run.cfg, rows, out)
+
+
+def report(run: Run, forced: bool) -> None:
+    from runner.sparsify import report as reporting
+
+    require(run.stage("bench") / "timings.json", "report")
+    reporting.write(run.cfg, run.dir)
+
+
+STAGE_FUNCTIONS = {
+    "finetune": finetune,
+    "prune": prune,
+    "quantize": quantize,
+    "bench": bench,
+    "report": report,
+}
+
+
+# ------------------------------------------------------------------------------------------ entry point
+def resolve_run_dir(cfg: DictConfig) -> Path:
+    if cfg.run_dir is not None:
+        path = Path(cfg.run_dir)
+        if str(cfg.stage) != "all" and not path.is_dir():
+            raise UsageError(f"run_dir '{path}' does not exist (stage={cfg.stage} re-uses a finished run)")
+        return path
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(cfg.results_dir) / "sparsify" / f"{stamp}-{cfg.model.name}-{cfg.task.name}"
+
+
+def run(cfg: DictConfig) -> Path:
+    """Run the selected stage (or all of them) and return the run directory."""
+    import torch
+
+    from runner.sparsify import report as reporting
+
+    if cfg.trainer.threads is not None:
+        torch.set_num_threads(cfg.trainer.threads)
+    run_dir = resolve_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stage = str(cfg.stage)
+    (run_dir / f"config-{stage}.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    with open(run_dir / reporting.COMMANDS, "a") as f:
+        f.write(reporting.command() + "\n")
+    current = Run(cfg, run_dir)
+    for name in STAGES:
+        if stage in ("all", name) or (stage == "bench" and name == "report"):  # new timings, new report
+            STAGE_FUNCTIONS[name](current, forced=stage == name)
+    return run_dir

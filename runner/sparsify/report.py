@@ -1,0 +1,248 @@
+"""comparison.csv, report.md, a rich table and the accuracy-vs-latency plot (Pareto front) of a run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+COLUMNS = [
+    "variant", "sparsity", "structured", "precision", "engine", "accuracy", "accuracy_drop", "params",
+    "nonzero_params", "file_mb", "batch", "seq_len", "threads", "latency_p50_ms", "latency_p90_ms",
+    "throughput_per_s", "speedup",
+]  # fmt: skip
+ENGINES = ("deepsparse", "onnxruntime", "torch")  # fixed colours in the plot
+GOAL_DROP = 0.01  # "within 1 point of the dense model's accuracy" (accuracy is a fraction)
+PLOT = "pareto.png"
+COMMANDS = "commands.txt"  # every command run on this directory, appended by the pipeline
+
+
+def load(run_dir: Path, name: str) -> Any:
+    return json.loads((run_dir / "stages" / name).read_text())
+
+
+def comparison(rows: list[dict], timings: list[dict]) -> list[dict]:
+    """One row per variant, precision, engine and benchmark point; speedup vs dense fp32 torch there."""
+    dense = next(
+        r for r in rows if r["variant"] == "dense" and r["engine"] == "torch" and r["precision"] == "fp32"
+    )
+    point = lambda t: (t["batch"], t["seq_len"], t["threads"])  # noqa: E731
+    baseline = {
+        point(t): t["latency_p50_ms"] for t in timings if rows[t["row"]] is dense and "engine" not in t
+    }
+    table = []
+    for t in timings:
+        row = rows[t["row"]]
+        table.append({
+            **{k: row[k] for k in ("variant", "sparsity", "structured", "precision", "params", "nonzero_params")},
+            "engine": t.get("engine", row["engine"]),
+            "accuracy": row["accuracy"],
+            "accuracy_drop": dense["accuracy"] - row["accuracy"],
+            "file_mb": row["file_mb"],
+            **{k: t[k] for k in ("batch", "seq_len", "threads", "latency_p50_ms", "latency_p90_ms", "throughput_per_s")},
+            "speedup": baseline[point(t)] / t["latency_p50_ms"],
+            "spread": t["spread"],
+            "macro_f1": row["macro_f1"],
+        })  # fmt: skip
+    return table
+
+
+def write_csv(path: Path, table: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(table)
+
+
+def cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def markdown(table: list[dict], columns: list[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in table]
+    return "\n".join(lines)
+
+
+def at(table: list[dict], point: list[int]) -> list[dict]:
+    return [r for r in table if [r["batch"], r["seq_len"], r["threads"]] == list(point)]
+
+
+def verdict(headline: list[dict]) -> str:
+    """The goal line: the fastest variant within 1 point of dense accuracy, and what unstructured zeros buy."""
+    close = [r for r in headline if r["accuracy_drop"] <= GOAL_DROP]
+    best = max(close, key=lambda r: r["speedup"])
+    lines = [
+        f"Fastest variant within {GOAL_DROP * 100:g} point of dense accuracy: **{name(best)}**, "
+        f"{best['speedup']:.2f}x dense fp32 PyTorch ({best['latency_p50_ms']:.2f} ms p50, accuracy "
+        f"{best['accuracy']:.4f}, drop {best['accuracy_drop'] * 100:+.2f} points); goal >= 4x: "
+        f"{'met' if best['speedup'] >= 4 else 'not met'}."
+    ]
+    fastest = max(headline, key=lambda r: r["speedup"])
+    lines.append(
+        f"- fastest at any accuracy: {name(fastest)}, {fastest['speedup']:.2f}x, accuracy drop "
+        f"{fastest['accuracy_drop'] * 100:+.2f} points"
+    )
+    dense = {(r["engine"], r["precision"]): r for r in headline if r["variant"] == "dense"}
+    for r in headline:
+        if not r["structured"] and r["variant"] != "dense" and (r["engine"], r["precision"]) in dense:
+            same = dense[(r["engine"], r["precision"])]
+            lines.append(
+                f"- unstructured {name(r)}: {same['latency_p50_ms'] / r['latency_p50_ms']:.2f}x the dense "
+                f"model on the same engine and precision"
+            )
+    return "\n".join(lines)
+
+
+def command() -> str:
+    if Path(sys.argv[0]).name == "adamrun":
+        return " ".join(["adamrun", *sys.argv[1:]])
+    return " ".join(sys.argv)
+
+
+def name(r: dict) -> str:
+    return f"{r['variant']} {r['precision']} {r['engine']}"
+
+
+def pareto_front(points: list[dict]) -> list[dict]:
+    """The rows no other row beats on both latency and accuracy, fastest first."""
+    front, best = [], -1.0
+    for r in sorted(points, key=lambda r: r["latency_p50_ms"]):
+        if r["accuracy"] > best:
+            front.append(r)
+            best = r["accuracy"]
+    return front
+
+
+def plot(path: Path, headline: list[dict], point: list[int]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for engine in sorted({r["engine"] for r in headline}):
+        for structured, marker in ((False, "o"), (True, "s")):
+            rows = [r for r in headline if r["engine"] == engine and r["structured"] == structured]
+            label = f"{engine}{', structured' if structured else ''}"
+            latency, accuracy = [r["latency_p50_ms"] for r in rows], [r["accuracy"] * 100 for r in rows]
+            ax.scatter(
+                latency, accuracy, marker=marker, label=label, color=f"C{sorted(ENGINES).index(engine)}"
+            )
+    front = pareto_front(headline)
+    ax.step([r["latency_p50_ms"] for r in front], [r["accuracy"] * 100 for r in front], where="post", color="k",
+            lw=1, label="Pareto front")  # fmt: skip
+    for r in front:  # only the front is labelled: the rest would overlap
+        ax.annotate(f"{r['variant']} {r['precision']}", (r["latency_p50_ms"], r["accuracy"] * 100), fontsize=7,
+                    xytext=(4, -10), textcoords="offset points")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel(f"latency p50 (ms), batch {point[0]}, seq {point[1]}, {point[2]} threads")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def environment_lines(env: dict) -> str:
+    libs = ", ".join(f"{k} {v}" for k, v in env["libraries"].items())
+    return "\n".join([
+        f"- CPU: {env['cpu']['model']}, {env['cpu']['logical_cpus']} logical CPUs, flags: {' '.join(env['cpu']['flags'])}",
+        f"- Python {env['python']} on {env['platform']}; {libs}",
+        f"- threads: torch default {env['torch_default_threads']}; env {env['thread_variables']}; "
+        f"allocator {env['allocator']}",
+        f"- load average (1, 5, 15 min) before the benchmark {env['load_average_1_5_15min']}, after "
+        f"{env['load_average_after_1_5_15min']}",
+        *(f"- {line}" for line in env["torch_parallel"]),
+    ])  # fmt: skip
+
+
+def print_table(headline: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    columns = [
+        "variant",
+        "precision",
+        "engine",
+        "accuracy",
+        "accuracy_drop",
+        "nonzero_params",
+        "file_mb",
+        "latency_p50_ms",
+        "throughput_per_s",
+        "speedup",
+    ]
+    table = Table(*columns, title="sparsify-bert at the headline point")
+    for r in sorted(headline, key=lambda r: r["latency_p50_ms"]):
+        table.add_row(*(cell(r[c]) for c in columns))
+    Console().print(table)
+
+
+def write(cfg: Any, run_dir: Path) -> None:
+    rows, timings = load(run_dir, "quantize/variants.json"), load(run_dir, "bench/timings.json")
+    table = comparison(rows, timings)
+    write_csv(run_dir / "comparison.csv", table)
+    point = list(cfg.bench.headline)
+    headline = at(table, point)
+    plot(run_dir / PLOT, headline, point)
+    instances = load(run_dir, "bench/instances.json")
+    deepsparse = (
+        f"measured at this point only, with {cfg.bench.deepsparse_python}; its rows carry the onnxruntime "
+        "accuracy of the same ONNX file"
+        if cfg.bench.deepsparse_python
+        else "absent (bench.deepsparse_python=null; `make deepsparse` builds one)"
+    )
+    summary_cols = [
+        "variant",
+        "precision",
+        "engine",
+        "accuracy",
+        "macro_f1",
+        "accuracy_drop",
+        "params",
+        "nonzero_params",
+        "file_mb",
+        "latency_p50_ms",
+        "latency_p90_ms",
+        "throughput_per_s",
+        "speedup",
+        "spread",
+    ]
+    text = [
+        f"# sparsify-bert: {cfg.model.name} on {cfg.task.name}",
+        "",
+        "Commands, in order:",
+        "",
+        *(f"    {line}" for line in (run_dir / COMMANDS).read_text().splitlines()),
+        "",
+        verdict(headline),
+        "",
+        f"## Batch {point[0]}, seq {point[1]}, {point[2]} threads",
+        "",
+        markdown(sorted(headline, key=lambda r: r["latency_p50_ms"]), summary_cols),
+        "",
+        "accuracy: test split, a fraction; accuracy_drop: dense fp32 accuracy minus this one; spread: range of "
+        f"the per-round medians over the median ({cfg.bench.repeats} interleaved rounds of {cfg.bench.iters} "
+        f"passes after {cfg.bench.warmup} warm-up passes). DeepSparse: {deepsparse}.",
+        "",
+        "## Several single-thread processes vs one multi-thread process (throughput, dense ONNX fp32)",
+        "",
+        markdown(instances, list(instances[0])),
+        "",
+        "## Every benchmark point (comparison.csv)",
+        "",
+        markdown(table, COLUMNS),
+        "",
+        "## Environment",
+        "",
+        environment_lines(load(run_dir, "bench/environment.json")),
+        "",
+    ]
+    (run_dir / "report.md").write_text("\n".join(text))
+    print_table(headline)

@@ -1,0 +1,119 @@
+"""The pieces the shared loop (runner.loop.fit) needs for BERT: batches, losses, evaluation; saved models."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from runner.sparsify import pruning, task
+from runner.sparsify.distill import distillation_loss
+
+BATCH_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "token_type_ids",
+    "labels",
+)  # batch[0] is the ids: len = examples
+
+
+def as_tuple(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    return tuple(batch[key] for key in BATCH_KEYS)
+
+
+def logits(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    ids, mask, types = batch[:3]
+    return model(input_ids=ids, attention_mask=mask, token_type_ids=types).logits
+
+
+def cross_entropy(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return F.cross_entropy(logits(model, batch).float(), batch[3])
+
+
+def distilled(teacher: torch.nn.Module, distill_cfg: Any) -> Callable:
+    """The training loss of a pruning run: KL to the frozen dense teacher mixed with the task loss."""
+
+    def loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        with torch.no_grad():
+            soft = logits(teacher, batch)
+        return distillation_loss(
+            logits(model, batch), soft, batch[3], distill_cfg.temperature, distill_cfg.kd_weight
+        )
+
+    return loss
+
+
+@torch.no_grad()
+def predict(
+    forward: Callable[[dict], np.ndarray], encoded: dict[str, torch.Tensor], batch_size: int
+) -> np.ndarray:
+    """Logits of a whole split, batch by batch, from any engine's forward(inputs dict) -> numpy logits."""
+    order = torch.arange(len(encoded["labels"]))
+    inputs = ({k: v for k, v in b.items() if k != "labels"} for b in task.batches(encoded, batch_size, order))
+    return np.concatenate([forward(b) for b in inputs])
+
+
+def torch_forward(model: torch.nn.Module) -> Callable[[dict], np.ndarray]:
+    return lambda inputs: model(**inputs).logits.float().numpy()
+
+
+def scores(out: np.ndarray, labels: torch.Tensor, prefix: str) -> dict[str, float]:
+    loss = F.cross_entropy(torch.as_tensor(out, dtype=torch.float32), labels).item()
+    found = task.metrics(out.argmax(1), labels.numpy())
+    return {f"{prefix}_loss": loss} | {f"{prefix}_{k}": v for k, v in found.items()}
+
+
+def make_task(
+    model: torch.nn.Module, encoded: dict[str, dict], cfg: Any, loss: Callable, after_step=None
+) -> Any:
+    """A runner.loop.Task over the encoded train split, evaluated on the validation split."""
+    from runner.loop import Task
+
+    train, batch_size = encoded["train"], cfg.trainer.batch_size
+    size = len(train["labels"])
+
+    def batches(generator: torch.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
+        order = torch.randperm(size, generator=generator)
+        return map(as_tuple, task.batches(train, batch_size, order))
+
+    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+        val = encoded["validation"]
+        return scores(predict(torch_forward(m), val, cfg.trainer.eval_batch_size), val["labels"], "val")
+
+    return Task(model, size, steps_per_epoch(encoded, cfg), batches, loss, evaluate, after_step)
+
+
+def steps_per_epoch(encoded: dict[str, dict], cfg: Any) -> int:
+    return math.ceil(len(encoded["train"]["labels"]) / cfg.trainer.batch_size)
+
+
+# ------------------------------------------------------------------------------------------- saved models
+def save_model(model: torch.nn.Module, folder: Path) -> None:
+    """Weights, the Hugging Face config and the per-layer structure (heads, FFN neurons) of a variant."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.save_pretrained(folder)
+    (folder / "structure.json").write_text(json.dumps(pruning.structure(model)))
+    torch.save(model.state_dict(), folder / "model.pt")
+
+
+def load_saved(folder: Path) -> torch.nn.Module:
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(folder))
+    pruning.reshape_to(model, json.loads((folder / "structure.json").read_text()))
+    model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def state_mb(model: torch.nn.Module) -> float:
+    """Serialized size of a model's weights (torch variants have no ONNX file to measure)."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.tell() / 2**20

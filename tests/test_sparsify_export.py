@@ -1,0 +1,70 @@
+"""Distillation loss, ONNX export and int8 quantization against independent expectations."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from runner.config import compose
+from runner.sparsify import engines, export
+from runner.sparsify.distill import distillation_loss
+from tests.test_sparsify_pruning import tiny_bert
+
+INT8_TOLERANCE = 0.05  # max |logit difference| of int8 vs fp32 on the tiny model (logits are about +-1)
+
+
+def test_distillation_loss_mixes_scaled_kl_and_cross_entropy():
+    student = torch.tensor([[1.0, 0.0, -1.0], [0.5, 0.2, 0.1]])
+    teacher = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    labels = torch.tensor([0, 1])
+    t = 2.0
+    p = F.softmax(teacher / t, -1)
+    kl = (p * (p.log() - F.log_softmax(student / t, -1))).sum(-1).mean()
+    expected = 0.3 * t * t * kl + 0.7 * F.cross_entropy(student, labels)
+    assert distillation_loss(student, teacher, labels, t, 0.3).item() == pytest.approx(
+        expected.item(), rel=1e-6
+    )
+    same = distillation_loss(student, student, labels, t, 1.0).item()
+    assert same == pytest.approx(0.0, abs=1e-7)  # no signal when the student equals the teacher
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    model = tiny_bert()
+    cfg = compose([], "sparsify_bert").export
+    folder = tmp_path_factory.mktemp("onnx")
+    with engines.quiet():
+        fp32 = export.export_onnx(model, folder / "fp32.onnx", cfg, export.example_inputs(2, 8, 50, seed=0))
+        int8 = export.quantize_onnx(fp32, folder / "int8.onnx", cfg)
+    return model, fp32, int8
+
+
+def test_onnx_fp32_equals_torch_on_new_shapes(exported):
+    model, fp32, _ = exported
+    inputs = export.example_inputs(3, 20, 50, seed=3)  # not the traced batch/sequence length
+    with torch.no_grad():
+        expected = model(**inputs).logits.numpy()
+    got = export.run_session(export.session(fp32, threads=1), inputs)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_onnx_int8_is_smaller_and_close_to_fp32(exported):
+    _, fp32, int8 = exported
+    inputs = export.example_inputs(4, 16, 50, seed=4)
+    reference = export.run_session(export.session(fp32, threads=1), inputs)
+    quantized = export.run_session(export.session(int8, threads=1), inputs)
+    assert int8.stat().st_size < fp32.stat().st_size
+    assert np.abs(quantized - reference).max() < INT8_TOLERANCE
+    assert not np.array_equal(quantized, reference)  # really int8 arithmetic, not a copy
+
+
+def test_torch_dynamic_int8_is_close_to_fp32():
+    model = tiny_bert()
+    inputs = export.example_inputs(2, 10, 50, seed=5)
+    with torch.no_grad():
+        reference = model(**inputs).logits
+        quantized = export.quantize_torch(model)(**inputs).logits
+    assert math.isfinite(quantized.abs().max().item())
+    assert (quantized - reference).abs().max().item() < INT8_TOLERANCE

@@ -1,0 +1,62 @@
+"""The whole sparsify-bert pipeline on a tiny random BERT and a fixture JSON file (slow: about a minute)."""
+
+import csv
+import json
+import shutil
+
+import pytest
+
+from runner.config import compose
+from runner.sparsify import model, pipeline, report
+from tests.test_sparsify_pruning import tiny_bert
+from tests.test_sparsify_task import wiki_file  # noqa: F401 - the fixture
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path):
+    """A local model folder: a 2-layer random BERT with MiniLM's tokenizer (ids clipped to a small vocab)."""
+    folder = tmp_path / "tiny-bert"
+    bert = tiny_bert()
+    tokenizer_dir = model.source(compose([], "sparsify_bert").model)
+    bert.resize_token_embeddings(30522)  # MiniLM's vocabulary, so its tokenizer's ids are valid
+    bert.save_pretrained(folder)
+    for name in TOKENIZER_FILES:
+        shutil.copy(f"{tokenizer_dir}/{name}", folder / name)
+    return folder
+
+
+@pytest.mark.slow
+def test_pipeline_end_to_end_then_bench_stage_alone(tmp_path, wiki_file, tiny_model_dir):  # noqa: F811
+    run_dir = tmp_path / "run"
+    overrides = [
+        "model.package=null", f"model.name_or_path={tiny_model_dir}", "task.package=null", f"task.file={wiki_file}",
+        "task.train_limit=null", "task.max_len=16", "trainer.epochs=1", "trainer.batch_size=8",
+        "trainer.progress=false", "prune.epochs=1", "prune.update_every=1", "sparsify.sparsity=[0.5]",
+        "bench.batch_sizes=[1]", "bench.seq_lens=[16]", "bench.threads=[1]", "bench.headline=[1,16,1]",
+        "bench.iters=2", "bench.warmup=1", "bench.repeats=2", "bench.instances.iters=2",
+        "bench.instances.seq_len=16", f"run_dir={run_dir}",
+    ]  # fmt: skip
+    assert pipeline.run(compose(overrides, "sparsify_bert")) == run_dir
+    with open(run_dir / "comparison.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == report.COLUMNS
+    kinds = {(r["variant"], r["precision"], r["engine"]) for r in rows}
+    assert ("dense", "fp32", "torch") in kinds and ("s0.5-structured", "int8", "onnxruntime") in kinds
+    assert len(rows) == 5 + 3 + 3  # dense: torch fp32/bf16/int8 + ORT fp32/int8; pruned: torch fp32 + ORT x2
+    dense = next(r for r in rows if (r["variant"], r["precision"], r["engine"]) == ("dense", "fp32", "torch"))
+    assert float(dense["speedup"]) == 1.0 and float(dense["accuracy_drop"]) == 0.0
+    structured = next(r for r in rows if r["variant"] == "s0.5-structured" and r["engine"] == "torch")
+    assert int(structured["params"]) < int(dense["params"])  # heads and neurons really removed
+    for name in ("dense-fp32", "dense-int8", "s0.5-structured-int8", "s0.5-unstructured-fp32"):
+        assert (run_dir / "variants" / name / "model.onnx").is_file()
+    assert (run_dir / "pareto.png").stat().st_size > 0
+    assert "goal >= 4x" in (run_dir / "report.md").read_text()
+
+    timings = run_dir / "stages" / "bench" / "timings.json"
+    before = json.loads(timings.read_text())
+    pipeline.run(compose([*overrides, "stage=bench"], "sparsify_bert"))  # re-times the saved models only
+    assert json.loads(timings.read_text()) != before
+    assert (run_dir / "stages" / "finetune" / "metrics.json").stat().st_mtime < timings.stat().st_mtime
+    assert (run_dir / "comparison.csv").stat().st_mtime > timings.stat().st_mtime  # the report follows

@@ -1,0 +1,126 @@
+"""Gradual magnitude pruning: the schedule, the masks, and structured removal giving the same function."""
+
+import pytest
+import torch
+
+from runner.config import compose
+from runner.sparsify import pruning, training
+
+TOTAL_STEPS = 100
+
+
+def tiny_bert(seed=0):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=32,
+        num_labels=3,
+    )
+    return BertForSequenceClassification(config).eval()
+
+
+def inputs():
+    ids = torch.randint(0, 50, (3, 12), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0  # padding must stay padding after pruning
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": torch.zeros_like(ids)}
+
+
+@pytest.fixture(scope="module")
+def prune_cfg():
+    return compose([], "sparsify_bert").prune
+
+
+def zhu_gupta(step, t0, t1, s_i, s_f):
+    """The paper's formula, written independently of the code under test."""
+    if step < t0:
+        return 0.0
+    if step >= t1:
+        return s_f
+    return s_f + (s_i - s_f) * (1 - (step - t0) / (t1 - t0)) ** 3
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_unstructured_sparsity_follows_the_cubic_ramp_at_every_update(prune_cfg, scope):
+    model = tiny_bert()
+    cfg = compose(
+        [f"prune.scope={scope}", "prune.start=0.1", "prune.end=0.7", "prune.update_every=7"], "sparsify_bert"
+    ).prune
+    pruner = pruning.UnstructuredPruner(model, cfg, 0.9, TOTAL_STEPS)
+    assert len(pruner.modules) == 2 * 6  # q, k, v, attention output, intermediate, output per layer
+    t0, t1 = 10, 70
+    tolerance = 1e-4 if scope == "global" else 1e-3  # per matrix, k = round(s * n) with n >= 1024
+    updates = [*range(t0, t1, 7), t1]  # every update_every steps from t0, and t1 itself
+    for step in range(TOTAL_STEPS):
+        pruner(step)
+        last = max((u for u in updates if u <= step), default=None)  # masks hold between updates
+        expected = 0.0 if last is None else zhu_gupta(last, t0, t1, cfg.init_sparsity, 0.9)
+        assert pruning.sparsity_of(pruner.modules) == pytest.approx(expected, abs=tolerance), step
+    if scope == "layer":  # every matrix on its own at the target
+        for module in pruner.modules.values():
+            assert pruning.sparsity_of({"m": module}) == pytest.approx(0.9, abs=1e-3)
+
+
+def test_masks_only_grow_and_survive_the_state_dict(prune_cfg):
+    model = tiny_bert()
+    pruner = pruning.UnstructuredPruner(model, prune_cfg, 0.8, TOTAL_STEPS)
+    pruner.apply(0.3)
+    before = {n: m.weight_mask.clone() for n, m in pruner.modules.items()}
+    pruner.apply(0.6)
+    for name, module in pruner.modules.items():
+        assert torch.all(module.weight_mask <= before[name])  # a pruned weight never comes back
+    copy = tiny_bert(seed=1)
+    pruning.UnstructuredPruner(copy, prune_cfg, 0.8, TOTAL_STEPS)
+    copy.load_state_dict(model.state_dict())  # masks are buffers: a checkpoint resumes them
+    name = next(iter(pruner.modules))
+    assert torch.equal(copy.get_submodule(name).weight_mask, pruner.modules[name].weight_mask)
+
+
+def test_structured_removal_computes_the_masked_function_with_smaller_matrices(prune_cfg):
+    model = tiny_bert()
+    pruner = pruning.StructuredPruner(model, prune_cfg, 0.5, TOTAL_STEPS)
+    for step in range(TOTAL_STEPS):
+        pruner(step)
+    with torch.no_grad():
+        masked = model(**inputs()).logits
+    params_before, _ = pruning.count(model)
+    pruner.finalize(model)
+    with torch.no_grad():
+        shrunk = model(**inputs()).logits
+    torch.testing.assert_close(shrunk, masked, rtol=1e-5, atol=1e-6)
+    assert pruning.structure(model) == {"heads": [2, 2], "ffn": [32, 32]}
+    layer = model.bert.encoder.layer[0]
+    assert layer.attention.self.query.weight.shape == (16, 32)  # 2 heads of 8
+    assert layer.output.dense.weight.shape == (32, 32)
+    assert pruning.count(model)[0] < params_before
+
+
+def test_structured_keeps_min_heads_per_layer():
+    cfg = compose(["prune.min_heads_per_layer=3"], "sparsify_bert").prune
+    model = tiny_bert()
+    pruner = pruning.StructuredPruner(model, cfg, 0.9, TOTAL_STEPS)
+    pruner.apply(0.9)
+    assert pruning.structure(pruner.finalize(model))["heads"] == [3, 3]
+
+
+def test_saved_shrunk_model_loads_back_identical(prune_cfg, tmp_path):
+    model = tiny_bert()
+    pruner = pruning.StructuredPruner(model, prune_cfg, 0.5, TOTAL_STEPS)
+    pruner.apply(0.5)
+    pruner.finalize(model)
+    training.save_model(model, tmp_path)
+    loaded = training.load_saved(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs()).logits, model(**inputs()).logits)
+
+
+def test_param_patterns_match_whole_names():
+    assert pruning.matches("bert.encoder.layer.3.output.dense", [r"re:.*layer\.\d+\.output\.dense"])
+    assert not pruning.matches("bert.encoder.layer.3.output.dense.x", [r"re:.*layer\.\d+\.output\.dense"])
+    assert pruning.matches("classifier", ["classifier"])
