@@ -19,7 +19,6 @@ RUN_COLUMNS = [
     "run_id", "status", "recipe", "data", "optimizer", "schedule", "lr", "weight_decay", "epochs", "seed",
     "test_acc", "wall_s", "git_sha", "run_dir",
 ]  # fmt: skip
-STATUSES = ("running", "finished", "diverged", "failed", "interrupted")
 
 
 def git_sha() -> str:

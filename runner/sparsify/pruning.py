@@ -80,15 +80,11 @@ def keep_largest(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     return (scores > threshold).to(scores.dtype)
 
 
-class UnstructuredPruner:
-    """Magnitude masks on single weights of the modules prune_cfg.params names."""
+class GradualPruner:
+    """Raises the sparsity along the configured ramp at every update step; subclasses apply a target."""
 
-    def __init__(self, model: nn.Module, prune_cfg: Any, final: float, total_steps: int):
-        self.modules = prunable(model, list(prune_cfg.params))
+    def __init__(self, prune_cfg: Any, final: float, total_steps: int):
         self.cfg, self.final, self.window = prune_cfg, final, window(prune_cfg, total_steps)
-        for module in self.modules.values():
-            if not prune.is_pruned(module):
-                prune.identity(module, "weight")
 
     def __call__(self, step: int) -> None:
         if is_update(step, self.window):
@@ -96,6 +92,20 @@ class UnstructuredPruner:
                 step, self.window, self.cfg.init_sparsity, self.final, self.cfg.interpolation
             )
             self.apply(target)
+
+    def apply(self, sparsity: float) -> None:
+        raise NotImplementedError
+
+
+class UnstructuredPruner(GradualPruner):
+    """Magnitude masks on single weights of the modules prune_cfg.params names."""
+
+    def __init__(self, model: nn.Module, prune_cfg: Any, final: float, total_steps: int):
+        super().__init__(prune_cfg, final, total_steps)
+        self.modules = prunable(model, list(prune_cfg.params))
+        for module in self.modules.values():
+            if not prune.is_pruned(module):
+                prune.identity(module, "weight")
 
     @torch.no_grad()
     def apply(self, sparsity: float) -> None:
@@ -165,23 +175,16 @@ def unit_mask(keep: torch.Tensor, repeat: int, shape: torch.Size, dim: int) -> t
     return along.view(view).expand(shape).contiguous()
 
 
-class StructuredPruner:
+class StructuredPruner(GradualPruner):
     """Masks whole heads and FFN neurons, the same fraction in every encoder layer (uniform shapes)."""
 
     def __init__(self, model: nn.Module, prune_cfg: Any, final: float, total_steps: int):
+        super().__init__(prune_cfg, final, total_steps)
         self.layers = encoder_layers(model)
-        self.cfg, self.final, self.window = prune_cfg, final, window(prune_cfg, total_steps)
         for layer in self.layers:
             for module, name in structure_masks(layer):
                 if not hasattr(module, name + "_mask"):
                     prune.identity(module, name)
-
-    def __call__(self, step: int) -> None:
-        if is_update(step, self.window):
-            target = target_sparsity(
-                step, self.window, self.cfg.init_sparsity, self.final, self.cfg.interpolation
-            )
-            self.apply(target)
 
     @torch.no_grad()
     def apply(self, sparsity: float) -> None:
