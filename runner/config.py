@@ -287,14 +287,14 @@ class BenchSettings:
 
 
 @dataclass
-class BenchConfig(TrainConfig):
+class BenchTrainConfig(TrainConfig):
     bench: BenchSettings = MISSING
 
 
 def register_schemas() -> None:
     cs = ConfigStore.instance()
     cs.store(name="train" + SCHEMA_SUFFIX, node=TrainConfig)
-    cs.store(name="bench_train" + SCHEMA_SUFFIX, node=BenchConfig)
+    cs.store(name="bench_train" + SCHEMA_SUFFIX, node=BenchTrainConfig)
     cs.store(group="optimizer", name="optimizer" + SCHEMA_SUFFIX, node=OptimizerConfig)
     cs.store(group="trainer", name="trainer" + SCHEMA_SUFFIX, node=TrainerConfig)
     cs.store(group="data", name="data" + SCHEMA_SUFFIX, node=DataConfig)
