@@ -15,15 +15,10 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from runner.config import SCHEMA_SUFFIX, check
 from runner.errors import UsageError
 
-SCHEMA_SUFFIX = "_schema"
 LOCAL_PATH_PREFIXES = ("/", "./", "../", "~")  # a Hub id never starts like this, so it must exist on disk
-
-
-def check(ok: bool, key: str, requirement: str, value: Any) -> None:
-    if not ok:
-        raise UsageError(f"{key} {requirement} (got {value!r})")
 
 
 def check_fraction(value: float, key: str, upper_open: bool = False) -> None:
