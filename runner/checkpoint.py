@@ -6,11 +6,12 @@ the previous checkpoint intact.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from runner.results import replaced_atomically
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -30,9 +31,8 @@ def restore_rng_states(states: dict[str, Any]) -> None:
 
 def save(run_dir: Path, state: dict[str, Any]) -> Path:
     path = Path(run_dir) / CHECKPOINT
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with replaced_atomically(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 

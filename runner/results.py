@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -49,16 +49,22 @@ def new_run_dir(cfg: DictConfig) -> Path:
     return Path(cfg.results_dir) / "runs" / name
 
 
+@contextmanager
+def replaced_atomically(path: Path) -> Iterator[Path]:
+    """Yield a temporary path to write; it replaces `path` only once the writing has finished."""
+    tmp = path.with_name(path.name + ".tmp")
+    yield tmp
+    os.replace(tmp, path)
+
+
 def write_config(run_dir: Path, cfg: DictConfig) -> None:
     (Path(run_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def write_metrics(run_dir: Path, rows: Iterable[dict]) -> None:
     """Rewrite metrics.jsonl from the checkpointed history, so a resumed run never repeats an epoch."""
-    path = Path(run_dir) / "metrics.jsonl"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    os.replace(tmp, path)
+    with replaced_atomically(Path(run_dir) / "metrics.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
 
 
 def append_metrics(run_dir: Path, row: dict) -> None:
@@ -80,12 +86,10 @@ def upsert_row(table: Path, row: dict) -> None:
     with locked(table):
         rows = read_rows(table)
         rows = [r for r in rows if r["run_id"] != row["run_id"]] + [{k: row.get(k, "") for k in RUN_COLUMNS}]
-        tmp = table.with_name(table.name + ".tmp")
-        with open(tmp, "w", newline="") as f:
+        with replaced_atomically(table) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=RUN_COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, table)
 
 
 def read_rows(table: Path) -> list[dict]:
