@@ -90,8 +90,10 @@ def sparsify_bert(overrides: Overrides = None, debug: Debug = False) -> None:
     from runner.config import compose
     from runner.sparsify.pipeline import run
 
-    run_dir = run(compose(overrides or [], config_name="sparsify_bert"))
-    console.print(f"report: {run_dir / 'report.md'}")
+    cfg = compose(overrides or [], config_name="sparsify_bert")
+    run_dir = run(cfg)
+    wrote_report = str(cfg.stage) in ("all", "bench", "report")
+    console.print(f"report: {run_dir / 'report.md'}" if wrote_report else f"run directory: {run_dir}")
 
 
 def show_rows(rows: list[dict], title: str) -> None:

@@ -13,7 +13,12 @@ def test_default_config_composes_with_every_group():
     assert cfg.task.name == "wiki_topics"
     assert cfg.schedule.name == "linear"
     names = [v.name for v in pipeline.variants(cfg)]
-    assert names == ["dense", "s0.5-unstructured", "s0.5-structured", "s0.8-unstructured", "s0.8-structured"]
+    assert names == [
+        "dense",
+        "s0.5-unstructured", "s0.5-structured", "s0.5-structured-3L",
+        "s0.8-unstructured", "s0.8-structured", "s0.8-structured-3L",
+    ]  # fmt: skip
+    assert [v.layers for v in pipeline.variants(cfg)] == [None, None, None, 3, None, None, 3]
 
 
 @pytest.mark.parametrize(
@@ -39,6 +44,8 @@ def test_documented_overrides_compose(overrides):
         (["bench.headline=[4,128,2]"], "bench.headline"),
         (["task.split.train=0.9"], "task.split"),
         (["quantize=int4"], "quantize"),
+        (["sparsify.layers=[0]"], "sparsify.layers[0]"),
+        (["prune.layer_drop_epochs=0"], "prune.layer_drop_epochs"),
     ],
 )
 def test_bad_options_are_one_line_usage_errors(overrides, key):
@@ -54,9 +61,20 @@ def test_stage_on_a_missing_run_dir_is_a_usage_error(tmp_path):
         pipeline.run(cfg)
 
 
+def test_more_layers_than_the_model_has_stop_before_training(tmp_path):
+    cfg = compose(["sparsify.layers=[null,7]", f"run_dir={tmp_path / 'run'}"], "sparsify_bert")
+    with pytest.raises(UsageError, match="sparsify.layers must not exceed the model's 6 layers"):
+        pipeline.run(cfg)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     "overrides",
-    [["sparsify.sparsity=[1.5]"], ["model.package=null", "model.name_or_path=/no/such/model"]],
+    [
+        ["sparsify.sparsity=[1.5]"],
+        ["model.package=null", "model.name_or_path=/no/such/model"],
+        ["sparsify.layers=[12]"],
+    ],
 )
 def test_cli_exits_2_with_one_line(monkeypatch, capsys, overrides):
     import sys

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from runner.config import compose
-from runner.sparsify import engines, export
+from runner.sparsify import engines, export, training
 from runner.sparsify.distill import distillation_loss
 from tests.test_sparsify_pruning import tiny_bert
 
@@ -28,6 +28,30 @@ def test_distillation_loss_mixes_scaled_kl_and_cross_entropy():
     )
     same = distillation_loss(student, student, labels, t, 1.0).item()
     assert same == pytest.approx(0.0, abs=1e-7)  # no signal when the student equals the teacher
+
+
+def test_stored_teacher_logits_follow_their_examples_through_shuffled_batches():
+    teacher, student = tiny_bert(seed=0), tiny_bert(seed=1)
+    ids = torch.randint(0, 50, (10, 8), generator=torch.Generator().manual_seed(0))
+    split = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "token_type_ids": torch.zeros_like(ids),
+    }
+    encoded = {"train": split | {"labels": torch.arange(10) % 3}, "validation": {}, "test": {}}
+    cfg = compose(["trainer.batch_size=4"], "sparsify_bert")
+    stored = training.with_teacher_logits(encoded, teacher, batch_size=3)
+    loss = training.distilled(cfg.distill)
+    task = training.make_task(student, stored, cfg, loss)
+    for batch in task.batches(torch.Generator().manual_seed(1)):
+        with torch.no_grad():
+            fresh = teacher(input_ids=batch[0], attention_mask=batch[1], token_type_ids=batch[2]).logits
+            torch.testing.assert_close(batch[4], fresh)
+            kd = cfg.distill
+            expected = distillation_loss(
+                training.logits(student, batch), fresh, batch[3], kd.temperature, kd.kd_weight
+            )
+            torch.testing.assert_close(loss(student, batch), expected)
 
 
 @pytest.fixture(scope="module")

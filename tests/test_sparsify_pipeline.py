@@ -33,7 +33,7 @@ def test_pipeline_end_to_end_then_bench_stage_alone(tmp_path, wiki_file, tiny_mo
     overrides = [
         "model.package=null", f"model.name_or_path={tiny_model_dir}", "task.package=null", f"task.file={wiki_file}",
         "task.train_limit=null", "task.max_len=16", "trainer.epochs=1", "trainer.batch_size=8",
-        "trainer.progress=false", "prune.epochs=1", "prune.update_every=1", "sparsify.sparsity=[0.5]",
+        "trainer.progress=false", "prune.epochs=1", "prune.layer_drop_epochs=1", "prune.update_every=1", "sparsify.sparsity=[0.5]", "sparsify.layers=[null,1]",
         "bench.batch_sizes=[1]", "bench.seq_lens=[16]", "bench.threads=[1]", "bench.headline=[1,16,1]",
         "bench.iters=2", "bench.warmup=1", "bench.repeats=2", "bench.instances.iters=2",
         "bench.instances.seq_len=16", f"run_dir={run_dir}",
@@ -44,12 +44,21 @@ def test_pipeline_end_to_end_then_bench_stage_alone(tmp_path, wiki_file, tiny_mo
     assert list(rows[0]) == report.COLUMNS
     kinds = {(r["variant"], r["precision"], r["engine"]) for r in rows}
     assert ("dense", "fp32", "torch") in kinds and ("s0.5-structured", "int8", "onnxruntime") in kinds
-    assert len(rows) == 5 + 3 + 3  # dense: torch fp32/bf16/int8 + ORT fp32/int8; pruned: torch fp32 + ORT x2
+    assert len(rows) == 5 + 3 * 3  # dense: torch fp32/bf16/int8 + ORT fp32/int8; pruned: torch fp32 + ORT x2
+    assert {r["layers"] for r in rows if r["variant"] == "s0.5-structured-1L"} == {
+        "1"
+    }  # of the tiny BERT's 2
     dense = next(r for r in rows if (r["variant"], r["precision"], r["engine"]) == ("dense", "fp32", "torch"))
     assert float(dense["speedup"]) == 1.0 and float(dense["accuracy_drop"]) == 0.0
     structured = next(r for r in rows if r["variant"] == "s0.5-structured" and r["engine"] == "torch")
     assert int(structured["params"]) < int(dense["params"])  # heads and neurons really removed
-    for name in ("dense-fp32", "dense-int8", "s0.5-structured-int8", "s0.5-unstructured-fp32"):
+    for name in (
+        "dense-fp32",
+        "dense-int8",
+        "s0.5-structured-int8",
+        "s0.5-unstructured-fp32",
+        "s0.5-structured-1L-int8",
+    ):
         assert (run_dir / "variants" / name / "model.onnx").is_file()
     assert (run_dir / "pareto.png").stat().st_size > 0
     assert "goal >= 4x" in (run_dir / "report.md").read_text()

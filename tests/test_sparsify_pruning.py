@@ -9,14 +9,14 @@ from runner.sparsify import pruning, training
 TOTAL_STEPS = 100
 
 
-def tiny_bert(seed=0):
+def tiny_bert(seed=0, layers=2):
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=50,
         hidden_size=32,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         intermediate_size=64,
         max_position_embeddings=32,
@@ -116,6 +116,39 @@ def test_saved_shrunk_model_loads_back_identical(prune_cfg, tmp_path):
     pruner.finalize(model)
     training.save_model(model, tmp_path)
     loaded = training.load_saved(tmp_path)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs()).logits, model(**inputs()).logits)
+
+
+@pytest.mark.parametrize(
+    ("total", "keep", "expected"),
+    [(6, 3, [0, 2, 4]), (12, 6, [0, 2, 4, 6, 8, 10]), (12, 4, [0, 3, 6, 9]), (6, 6, list(range(6)))],
+)
+def test_kept_layers_are_evenly_spaced_from_the_bottom(total, keep, expected):
+    assert pruning.kept_layer_indices(total, keep) == expected  # DistilBERT's choice for 12 -> 6
+
+
+def test_dropped_layers_model_equals_a_shallow_bert_with_the_kept_weights():
+    deep = tiny_bert(layers=4)
+    shallow = tiny_bert(seed=1, layers=2)  # an independent 2-layer BERT, given layers 0 and 2 of `deep`
+    renamed = {
+        k.replace("layer.2.", "layer.1."): v for k, v in deep.state_dict().items() if "layer.1." not in k
+    }
+    shallow.load_state_dict({k: v for k, v in renamed.items() if "layer.3." not in k})
+    pruning.drop_layers(deep, 2)
+    assert deep.config.num_hidden_layers == 2
+    with torch.no_grad():
+        torch.testing.assert_close(deep(**inputs()).logits, shallow(**inputs()).logits)
+
+
+def test_dropped_and_shrunk_model_saves_and_loads_back_identical(prune_cfg, tmp_path):
+    model = pruning.drop_layers(tiny_bert(layers=4), 2)
+    pruner = pruning.StructuredPruner(model, prune_cfg, 0.5, TOTAL_STEPS)
+    pruner.apply(0.5)
+    pruner.finalize(model)
+    training.save_model(model, tmp_path)
+    loaded = training.load_saved(tmp_path)
+    assert len(pruning.encoder_layers(loaded)) == 2
     with torch.no_grad():
         torch.testing.assert_close(loaded(**inputs()).logits, model(**inputs()).logits)
 

@@ -15,7 +15,7 @@ def test_summarize_percentiles_throughput_and_spread():
 
 
 def row(variant, precision, engine, accuracy, structured=False):
-    return {"variant": variant, "sparsity": 0.5, "structured": structured, "precision": precision,
+    return {"variant": variant, "sparsity": 0.5, "structured": structured, "layers": 6, "precision": precision,
             "engine": engine, "accuracy": accuracy, "macro_f1": accuracy, "params": 10, "nonzero_params": 5,
             "file_mb": 1.0}  # fmt: skip
 

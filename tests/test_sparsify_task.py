@@ -33,7 +33,8 @@ def task_cfg(path, *overrides):
 
 
 def test_split_is_stratified_disjoint_and_drops_uncategorized(wiki_file):
-    data = task.load_task(task_cfg(wiki_file), seed=0)
+    split = ("task.split.train=0.8", "task.split.validation=0.1", "task.split.test=0.1")
+    data = task.load_task(task_cfg(wiki_file, *split), seed=0)
     assert data.label_names == ["Arts", "Mathematics", "People"]
     parts = {name: getattr(data, name) for name in task.SPLITS}
     texts = [t for p in parts.values() for t in p.texts]

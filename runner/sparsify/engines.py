@@ -73,7 +73,8 @@ def build_variant(run: Any, variant: Any, folder: Path, test: dict[str, torch.Te
     model = training.load_saved(folder)
     params, nonzero = pruning.count(model)
     base = {"variant": variant.name, "sparsity": variant.sparsity, "structured": variant.structured}
-    base |= {"params": params, "nonzero_params": nonzero, "vocab_size": model.config.vocab_size}
+    base |= {"layers": model.config.num_hidden_layers, "params": params, "nonzero_params": nonzero}
+    base |= {"vocab_size": model.config.vocab_size, "test_examples": len(test["labels"])}
     rows = []
     for precision in precisions:
         m = torch_model(folder, precision)

@@ -22,6 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from runner.config import check
 from runner.errors import UsageError
 
 STAGES = ("finetune", "prune", "quantize", "bench", "report")
@@ -30,9 +31,10 @@ DONE = "metrics.json"  # written last by a training stage: its presence means th
 
 @dataclass
 class Variant:
-    name: str  # dense | s<sparsity>-structured | s<sparsity>-unstructured
+    name: str  # dense | s<sparsity>-unstructured | s<sparsity>-structured[-<layers>L]
     sparsity: float
     structured: bool
+    layers: int | None = None  # encoder layers kept (structured variants); None: all of the model's
 
 
 @dataclass
@@ -59,12 +61,16 @@ class Run:
 
 
 def variants(cfg: DictConfig) -> list[Variant]:
-    modes = [m for m, on in ((False, cfg.sparsify.unstructured), (True, cfg.sparsify.structured)) if on]
-    pruned = [
-        Variant(f"s{s:g}-{'structured' if m else 'unstructured'}", s, m)
-        for s in cfg.sparsify.sparsity
-        for m in modes
-    ]
+    """Dense, then per sparsity: unstructured (every layer) and structured at each depth of sparsify.layers."""
+    pruned = []
+    for s in cfg.sparsify.sparsity:
+        if cfg.sparsify.unstructured:
+            pruned.append(Variant(f"s{s:g}-unstructured", s, False))
+        if cfg.sparsify.structured:
+            pruned += [
+                Variant(f"s{s:g}-structured" + (f"-{n}L" if n else ""), s, True, n)
+                for n in cfg.sparsify.layers
+            ]
     return [Variant("dense", 0.0, False), *pruned]
 
 
@@ -89,11 +95,12 @@ def write_json(path: Path, value: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------------ the stages
-def train(run: Run, model: Any, cfg: DictConfig, out: Path, loss: Any, after_step: Any = None) -> list[dict]:
+def train(
+    run: Run, encoded: dict, model: Any, cfg: DictConfig, out: Path, loss: Any, after_step: Any = None
+) -> list[dict]:
     from runner.loop import fit
     from runner.sparsify.training import make_task
 
-    encoded, _ = run.data()
     outcome = fit(make_task(model, encoded, cfg, loss, after_step), cfg, out)
     if outcome.status != "finished":
         raise SystemExit(f"{out.name}: training {outcome.status}; rerun with resume=true run_dir={run.dir}")
@@ -124,10 +131,10 @@ def finetune(run: Run, forced: bool) -> None:
     out = run.stage("finetune")
     if (out / DONE).exists() and not forced:
         return
-    _, labels = run.data()
+    encoded, labels = run.data()
     torch.manual_seed(run.cfg.seed)  # the new classification head
     model = models.load_model(run.cfg.model, len(labels))
-    finish(run, model, out, train(run, model, run.cfg, out, cross_entropy))
+    finish(run, model, out, train(run, encoded, model, run.cfg, out, cross_entropy))
 
 
 def prune(run: Run, forced: bool) -> None:
@@ -135,17 +142,22 @@ def prune(run: Run, forced: bool) -> None:
 
     teacher_dir = run.stage("finetune")
     require(teacher_dir / DONE, "prune")
-    cfg = with_epochs(run.cfg, run.cfg.prune.epochs)
-    for variant in variants(run.cfg)[1:]:
+    todo = [v for v in variants(run.cfg)[1:] if forced or not (model_dir(run, v) / DONE).exists()]
+    if not todo:
+        return
+    teacher = training.load_saved(teacher_dir)
+    encoded = training.with_teacher_logits(run.data()[0], teacher, run.cfg.export.eval_batch_size)
+    for variant in todo:
         out = model_dir(run, variant)
-        if (out / DONE).exists() and not forced:
-            continue
-        teacher, student = training.load_saved(teacher_dir), training.load_saved(teacher_dir)
-        teacher.requires_grad_(False)
-        encoded, _ = run.data()
+        student = training.load_saved(teacher_dir)
+        if variant.layers is not None:
+            pruning.drop_layers(student, variant.layers)
+        cfg = with_epochs(
+            run.cfg, run.cfg.prune.layer_drop_epochs if variant.layers else run.cfg.prune.epochs
+        )
         steps = training.steps_per_epoch(encoded, cfg) * cfg.trainer.epochs
         pruner = pruning.PRUNERS[variant.structured](student, cfg.prune, variant.sparsity, steps)
-        history = train(run, student, cfg, out, training.distilled(teacher, cfg.distill), pruner)
+        history = train(run, encoded, student, cfg, out, training.distilled(cfg.distill), pruner)
         finish(run, pruner.finalize(student), out, history)
 
 
@@ -203,6 +215,19 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
     return Path(cfg.results_dir) / "sparsify" / f"{stamp}-{cfg.model.name}-{cfg.task.name}"
 
 
+def check_depths(cfg: DictConfig) -> None:
+    """sparsify.layers against the model's depth before any training (reads the model's config.json only)."""
+    from transformers import AutoConfig
+
+    from runner.sparsify.model import pretrained
+
+    wanted = [n for n in cfg.sparsify.layers if n is not None]
+    if not (wanted and cfg.sparsify.structured):
+        return
+    depth = pretrained(AutoConfig, cfg.model).num_hidden_layers
+    check(max(wanted) <= depth, "sparsify.layers", f"must not exceed the model's {depth} layers", wanted)
+
+
 def run(cfg: DictConfig) -> Path:
     """Run the selected stage (or all of them) and return the run directory."""
     import torch
@@ -211,6 +236,8 @@ def run(cfg: DictConfig) -> Path:
 
     if cfg.trainer.threads is not None:
         torch.set_num_threads(cfg.trainer.threads)
+    if str(cfg.stage) in ("all", "prune"):
+        check_depths(cfg)
     run_dir = resolve_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     stage = str(cfg.stage)

@@ -131,6 +131,20 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
     return model.base_model.encoder.layer
 
 
+def kept_layer_indices(total: int, keep: int) -> list[int]:
+    """Every (total/keep)-th layer from the bottom, as DistilBERT initialises its student: 6 -> 3 keeps 0, 2, 4."""
+    return [i * total // keep for i in range(keep)]
+
+
+def drop_layers(model: nn.Module, keep: int) -> nn.Module:
+    """Keep `keep` evenly spaced encoder layers: structured pruning at the coarsest grain (oBERT's 3-layer
+    and 6-layer students start this way); the distillation that follows recovers the accuracy."""
+    layers = encoder_layers(model)
+    model.base_model.encoder.layer = nn.ModuleList(layers[i] for i in kept_layer_indices(len(layers), keep))
+    model.config.num_hidden_layers = keep  # saved with the model, so load_saved rebuilds this depth
+    return model
+
+
 def head_size(layer: nn.Module) -> int:
     return layer.attention.self.attention_head_size
 

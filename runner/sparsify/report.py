@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 COLUMNS = [
-    "variant", "sparsity", "structured", "precision", "engine", "accuracy", "accuracy_drop", "params",
+    "variant", "sparsity", "structured", "layers", "precision", "engine", "accuracy", "accuracy_drop", "params",
     "nonzero_params", "file_mb", "batch", "seq_len", "threads", "latency_p50_ms", "latency_p90_ms",
     "throughput_per_s", "speedup",
 ]  # fmt: skip
@@ -36,7 +36,7 @@ def comparison(rows: list[dict], timings: list[dict]) -> list[dict]:
     for t in timings:
         row = rows[t["row"]]
         table.append({
-            **{k: row[k] for k in ("variant", "sparsity", "structured", "precision", "params", "nonzero_params")},
+            **{k: row[k] for k in ("variant", "sparsity", "structured", "layers", "precision", "params", "nonzero_params")},
             "engine": t.get("engine", row["engine"]),
             "accuracy": row["accuracy"],
             "accuracy_drop": dense["accuracy"] - row["accuracy"],
@@ -192,6 +192,7 @@ def write(cfg: Any, run_dir: Path) -> None:
     headline = at(table, point)
     plot(run_dir / PLOT, headline, point)
     instances = load(run_dir, "bench/instances.json")
+    tested = rows[0]["test_examples"]
     deepsparse = (
         f"measured at this point only, with {cfg.bench.deepsparse_python}; its rows carry the onnxruntime "
         "accuracy of the same ONNX file"
@@ -200,6 +201,7 @@ def write(cfg: Any, run_dir: Path) -> None:
     )
     summary_cols = [
         "variant",
+        "layers",
         "precision",
         "engine",
         "accuracy",
@@ -227,9 +229,14 @@ def write(cfg: Any, run_dir: Path) -> None:
         "",
         markdown(sorted(headline, key=lambda r: r["latency_p50_ms"]), summary_cols),
         "",
-        "accuracy: test split, a fraction; accuracy_drop: dense fp32 accuracy minus this one; spread: range of "
-        f"the per-round medians over the median ({cfg.bench.repeats} interleaved rounds of {cfg.bench.iters} "
-        f"passes after {cfg.bench.warmup} warm-up passes). DeepSparse: {deepsparse}.",
+        f"accuracy: a fraction of the {tested} test examples (one example is {100 / tested:.2g} points); "
+        "accuracy_drop: dense fp32 accuracy minus this one; spread: range of the per-round medians over the "
+        f"median ({cfg.bench.repeats} interleaved rounds of {cfg.bench.iters} passes after {cfg.bench.warmup} "
+        f"warm-up passes). DeepSparse: {deepsparse}.",
+        "",
+        "Variant names: sS removes the fraction S of the pruned linear weights of every kept layer (unstructured: "
+        "single weights; structured: whole attention heads and FFN neurons); -NL keeps only N evenly spaced "
+        "encoder layers, dropped before pruning. Every pruned variant is distilled from the dense one.",
         "",
         "## Several single-thread processes vs one multi-thread process (throughput, dense ONNX fp32)",
         "",

@@ -122,6 +122,7 @@ class PruneConfig:
     params: list[str] = MISSING  # module names to prune; "re:<regex>" matches the full name
     min_heads_per_layer: int = MISSING  # structured: never remove a layer's last heads
     epochs: int = MISSING  # fine-tuning epochs of each pruning run (with distillation)
+    layer_drop_epochs: int = MISSING  # epochs of a run whose student dropped layers (sparsify.layers)
 
     def __post_init__(self) -> None:
         check_fraction(self.init_sparsity, "prune.init_sparsity", upper_open=True)
@@ -139,7 +140,8 @@ class PruneConfig:
             "must be >= 1",
             self.min_heads_per_layer,
         )
-        check(self.epochs > 0, "prune.epochs", "must be > 0", self.epochs)
+        for key in ("epochs", "layer_drop_epochs"):
+            check(getattr(self, key) > 0, f"prune.{key}", "must be > 0", getattr(self, key))
 
 
 @dataclass
@@ -157,10 +159,16 @@ class SparsifyConfig:
     sparsity: list[float] = MISSING  # target fractions of the pruned weights removed, one run each
     unstructured: bool = MISSING  # magnitude masks on single weights
     structured: bool = MISSING  # remove whole attention heads and FFN neurons (smaller matrices)
+    layers: list[int | None] = MISSING  # encoder depths of the structured variants; null: the model's own
 
     def __post_init__(self) -> None:
         for i, value in enumerate(self.sparsity):
             check_fraction(value, f"sparsify.sparsity[{i}]", upper_open=True)
+        for i, value in enumerate(self.layers):
+            check(value is None or value > 0, f"sparsify.layers[{i}]", "must be > 0 or null", value)
+        check(
+            len(self.layers) > 0, "sparsify.layers", "must list at least one depth (null: all)", self.layers
+        )
 
 
 # ------------------------------------------------------------------------------------ export and bench

@@ -15,17 +15,14 @@ import torch.nn.functional as F
 
 from runner.sparsify import pruning, task
 from runner.sparsify.distill import distillation_loss
+from runner.sparsify.export import INPUTS
 
-BATCH_KEYS = (
-    "input_ids",
-    "attention_mask",
-    "token_type_ids",
-    "labels",
-)  # batch[0] is the ids: len = examples
+TEACHER_KEY = "teacher_logits"  # present in the train split of a distillation run only
+BATCH_KEYS = ("input_ids", "attention_mask", "token_type_ids", "labels", TEACHER_KEY)  # batch[0]: the ids
 
 
 def as_tuple(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    return tuple(batch[key] for key in BATCH_KEYS)
+    return tuple(batch[key] for key in BATCH_KEYS if key in batch)
 
 
 def logits(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
@@ -37,14 +34,23 @@ def cross_entropy(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> to
     return F.cross_entropy(logits(model, batch).float(), batch[3])
 
 
-def distilled(teacher: torch.nn.Module, distill_cfg: Any) -> Callable:
-    """The training loss of a pruning run: KL to the frozen dense teacher mixed with the task loss."""
+def with_teacher_logits(encoded: dict[str, dict], teacher: torch.nn.Module, batch_size: int) -> dict:
+    """The splits, with the frozen teacher's logits stored beside every training example.
+
+    The teacher runs in eval mode (no dropout), so its logits are a fixed function of the example: computed
+    once here, in fp32, instead of a teacher forward pass at every step of every pruning run.
+    """
+    train = encoded["train"]
+    soft = predict(torch_forward(teacher), train, batch_size)
+    return encoded | {"train": train | {TEACHER_KEY: torch.from_numpy(soft)}}
+
+
+def distilled(distill_cfg: Any) -> Callable:
+    """The loss of a pruning run: KL to the teacher's stored logits (batch[4]) mixed with the task loss."""
 
     def loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        with torch.no_grad():
-            soft = logits(teacher, batch)
         return distillation_loss(
-            logits(model, batch), soft, batch[3], distill_cfg.temperature, distill_cfg.kd_weight
+            logits(model, batch), batch[4], batch[3], distill_cfg.temperature, distill_cfg.kd_weight
         )
 
     return loss
@@ -56,7 +62,7 @@ def predict(
 ) -> np.ndarray:
     """Logits of a whole split, batch by batch, from any engine's forward(inputs dict) -> numpy logits."""
     order = torch.arange(len(encoded["labels"]))
-    inputs = ({k: v for k, v in b.items() if k != "labels"} for b in task.batches(encoded, batch_size, order))
+    inputs = ({k: b[k] for k in INPUTS if k in b} for b in task.batches(encoded, batch_size, order))
     return np.concatenate([forward(b) for b in inputs])
 
 
