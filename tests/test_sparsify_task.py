@@ -25,16 +25,23 @@ def wiki_file(tmp_path):
     return path
 
 
+SPLIT = (
+    "task.split.train=0.8",
+    "task.split.validation=0.1",
+    "task.split.test=0.1",
+)  # the counts below use it
+
+
 def task_cfg(path, *overrides):
     cfg = compose(
-        ["task.package=null", f"task.file={path}", "task.train_limit=null", *overrides], "sparsify_bert"
+        ["task.package=null", f"task.file={path}", "task.train_limit=null", *SPLIT, *overrides],
+        "sparsify_bert",
     )
     return cfg.task
 
 
 def test_split_is_stratified_disjoint_and_drops_uncategorized(wiki_file):
-    split = ("task.split.train=0.8", "task.split.validation=0.1", "task.split.test=0.1")
-    data = task.load_task(task_cfg(wiki_file, *split), seed=0)
+    data = task.load_task(task_cfg(wiki_file), seed=0)
     assert data.label_names == ["Arts", "Mathematics", "People"]
     parts = {name: getattr(data, name) for name in task.SPLITS}
     texts = [t for p in parts.values() for t in p.texts]
@@ -88,3 +95,67 @@ def test_encode_pads_and_truncates_to_max_len(wiki_file):
     encoded = task.encode(data.test, tokenizer, max_len=8)
     assert encoded["input_ids"].shape == (len(data.test.labels), 8)
     assert encoded["labels"].tolist() == data.test.labels.tolist()
+
+
+GLUE_README = """---
+configs:
+- config_name: sst2
+  data_files:
+  - split: train
+    path: sst2/train-*
+  - split: validation
+    path: sst2/validation-*
+- config_name: mnli
+  data_files:
+  - split: train
+    path: mnli/train-*
+  - split: validation_matched
+    path: mnli/validation_matched-*
+---
+"""
+
+
+@pytest.fixture
+def glue_dir(tmp_path):
+    """A local copy of the Hub's nyu-mll/glue layout: a README declaring the configs, parquet files per split."""
+    import pandas as pd
+
+    folder = tmp_path / "glue"
+    for config, split, n in [("sst2", "train", 40), ("sst2", "validation", 6), ("mnli", "train", 30),
+                             ("mnli", "validation_matched", 9)]:  # fmt: skip
+        if config == "sst2":
+            frame = pd.DataFrame(
+                {"sentence": [f"{split} sentence {i}" for i in range(n)], "label": [i % 2 for i in range(n)]}
+            )
+        else:
+            frame = pd.DataFrame({"premise": [f"{split} premise {i}" for i in range(n)],
+                                  "hypothesis": [f"hypothesis {i}" for i in range(n)], "label": [i % 3 for i in range(n)]})  # fmt: skip
+        (folder / config).mkdir(parents=True, exist_ok=True)
+        frame.assign(idx=range(n)).to_parquet(folder / config / f"{split}-00000-of-00001.parquet")
+    (folder / "README.md").write_text(GLUE_README)
+    return folder
+
+
+def test_glue_eval_split_is_the_test_set_and_train_gives_validation(glue_dir):
+    cfg = compose(["task=sst2", f"task.dataset={glue_dir}"], "sparsify_bert").task
+    data = task.load_task(cfg, seed=0)
+    assert data.test.texts == [(f"validation sentence {i}",) for i in range(6)]
+    assert data.test.labels.tolist() == [i % 2 for i in range(6)]
+    assert len(data.train.labels) == 38 and len(data.validation.labels) == 2  # 95% / 5% of each label's 20
+    assert sorted(data.train.texts + data.validation.texts) == sorted(
+        (f"train sentence {i}",) for i in range(40)
+    )
+
+
+def test_glue_sentence_pairs_keep_both_fields(glue_dir):
+    cfg = compose(["task=mnli", f"task.dataset={glue_dir}"], "sparsify_bert").task
+    data = task.load_task(cfg, seed=0)
+    assert data.label_names == ["0", "1", "2"]
+    assert data.test.texts[4] == ("validation_matched premise 4", "hypothesis 4")
+    assert data.test.labels[4] == 1
+
+
+def test_missing_glue_dataset_is_a_usage_error(tmp_path):
+    cfg = compose(["task=sst2", f"task.dataset={tmp_path / 'no-glue'}"], "sparsify_bert").task
+    with pytest.raises(UsageError, match="task.dataset"):
+        task.load_task(cfg, seed=0)

@@ -77,7 +77,8 @@ class TaskConfig:
     kind: TaskKind = MISSING
     package: str | None = MISSING  # distribution holding the data file; null: `file` is a local path
     file: str | None = MISSING  # data file inside the distribution (wiki_json)
-    glue_name: str | None = MISSING  # GLUE config (glue)
+    dataset: str | None = MISSING  # Hub id or local folder of the GLUE dataset (glue)
+    glue_name: str | None = MISSING  # its config: sst2, mnli, ... (glue)
     eval_split: str | None = MISSING  # GLUE split used as the test set (GLUE's test labels are hidden)
     text_keys: list[str] = MISSING  # one field, or two for sentence pairs
     label_key: str = MISSING
@@ -98,6 +99,7 @@ class TaskConfig:
             check_installed(self.package, "task.package")
         else:
             check(self.glue_name is not None, "task.glue_name", "must name a GLUE config", self.glue_name)
+            check(self.dataset is not None, "task.dataset", "must name the GLUE dataset", self.dataset)
 
 
 # ------------------------------------------------------------------------------------------------- prune

@@ -60,9 +60,16 @@ def read_wiki(task_cfg: Any) -> tuple[list[tuple[str, ...]], list[str]]:
 
 
 def read_glue(task_cfg: Any, split: str) -> tuple[list[tuple[str, ...]], list[int]]:
-    import datasets  # only the GLUE tasks need it (downloads on first use)
+    """One split of a GLUE config from the Hub (downloaded once, then cached) or a local copy of its files."""
+    import datasets  # only the GLUE tasks need it
 
-    rows = datasets.load_dataset("glue", task_cfg.glue_name, split=split)
+    try:
+        rows = datasets.load_dataset(task_cfg.dataset, task_cfg.glue_name, split=split)
+    except (FileNotFoundError, ValueError, ConnectionError) as err:
+        raise UsageError(
+            f"task.dataset '{task_cfg.dataset}' ({task_cfg.glue_name}, {split}) could not be loaded: "
+            f"{str(err).splitlines()[0]}"
+        ) from err
     texts = list(zip(*(rows[field] for field in task_cfg.text_keys), strict=True))
     return texts, list(rows[task_cfg.label_key])
 
