@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -55,6 +56,14 @@ def replaced_atomically(path: Path) -> Iterator[Path]:
     tmp = path.with_name(path.name + ".tmp")
     yield tmp
     os.replace(tmp, path)
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write a JSON file atomically: a killed run leaves the old file or the new one, never half of one
+    (a sparsify stage counts as done when its file exists)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with replaced_atomically(path) as tmp:
+        tmp.write_text(json.dumps(value, indent=2))
 
 
 def write_config(run_dir: Path, cfg: DictConfig) -> None:

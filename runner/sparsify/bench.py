@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from runner.results import write_json
 from runner.sparsify import engines, export
 
 WORKER = Path(__file__).with_name("worker.py")
@@ -182,10 +183,10 @@ def run_all(cfg: Any, rows: list[dict], out: Path) -> None:
     before = environment()
     timings = main_grid(cfg.bench, rows, cfg.seed)
     dense_onnx = next(r for r in rows if r["variant"] == "dense" and r["engine"] == "onnxruntime")
-    (out / "instances.json").write_text(json.dumps(instances(cfg.bench, dense_onnx, cfg.seed), indent=2))
+    write_json(out / "instances.json", instances(cfg.bench, dense_onnx, cfg.seed))
     if cfg.bench.deepsparse_python is not None:
         timings += deepsparse(cfg.bench, rows, cfg.seed)
     torch.set_num_threads(threads_before)
     after = {"load_average_after_1_5_15min": os.getloadavg()}
-    (out / "environment.json").write_text(json.dumps(before | after, indent=2))
-    (out / "timings.json").write_text(json.dumps(timings, indent=2))
+    write_json(out / "environment.json", before | after)
+    write_json(out / "timings.json", timings)  # last: its presence marks the stage done

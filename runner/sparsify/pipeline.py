@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner.config import check
 from runner.errors import UsageError
+from runner.results import write_json
 
 STAGES = ("finetune", "prune", "quantize", "bench", "report")
 DONE = "metrics.json"  # written last by a training stage: its presence means the stage finished
@@ -87,11 +88,6 @@ def with_epochs(cfg: DictConfig, epochs: int) -> DictConfig:
     changed = copy.deepcopy(cfg)
     changed.trainer.epochs = epochs
     return changed
-
-
-def write_json(path: Path, value: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, indent=2))
 
 
 # ------------------------------------------------------------------------------------------ the stages
