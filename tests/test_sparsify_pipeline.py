@@ -50,6 +50,10 @@ def test_pipeline_end_to_end_then_bench_stage_alone(tmp_path, wiki_file, tiny_mo
     }  # of the tiny BERT's 2
     dense = next(r for r in rows if (r["variant"], r["precision"], r["engine"]) == ("dense", "fp32", "torch"))
     assert float(dense["speedup"]) == 1.0 and float(dense["accuracy_drop"]) == 0.0
+    dense_onnx = next(
+        r for r in rows if (r["variant"], r["precision"], r["engine"]) == ("dense", "fp32", "onnxruntime")
+    )
+    assert dense_onnx["accuracy"] == dense["accuracy"]  # measured anew on ONNX; torch's comes from training
     structured = next(r for r in rows if r["variant"] == "s0.5-structured" and r["engine"] == "torch")
     assert int(structured["params"]) < int(dense["params"])  # heads and neurons really removed
     for name in (

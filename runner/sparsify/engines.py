@@ -64,8 +64,13 @@ def quiet() -> contextlib.ExitStack:
     return stack
 
 
-def build_variant(run: Any, variant: Any, folder: Path, test: dict[str, torch.Tensor]) -> list[dict]:
-    """Rows for one trained variant: torch precisions, then its ONNX fp32 (and int8) export."""
+def build_variant(
+    run: Any, variant: Any, folder: Path, test: dict[str, torch.Tensor], trained: dict[str, float]
+) -> list[dict]:
+    """Rows for one trained variant: torch precisions, then its ONNX fp32 (and int8) export.
+
+    `trained`: the torch fp32 test scores its training stage measured on this very model (not measured twice).
+    """
     cfg = run.cfg
     int8 = str(cfg.quantize) == "int8"
     extras = [p for p in DENSE_TORCH_EXTRAS if p != "int8" or (int8 and cfg.export.torch_int8)]
@@ -78,7 +83,10 @@ def build_variant(run: Any, variant: Any, folder: Path, test: dict[str, torch.Te
     rows = []
     for precision in precisions:
         m = torch_model(folder, precision)
-        found = accuracy(torch_forward(m, precision), test, cfg.export.eval_batch_size)
+        if precision == "fp32":
+            found = trained
+        else:
+            found = accuracy(torch_forward(m, precision), test, cfg.export.eval_batch_size)
         rows.append(
             base
             | found

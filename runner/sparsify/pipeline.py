@@ -118,6 +118,12 @@ def finish(run: Run, model: Any, out: Path, history: list[dict]) -> None:
     write_json(out / DONE, {"epochs": history, **found})
 
 
+def trained_scores(folder: Path) -> dict[str, float]:
+    """The torch fp32 test scores that finish() measured on the saved model."""
+    saved = json.loads((folder / DONE).read_text())
+    return {"accuracy": saved["test_accuracy"], "macro_f1": saved["test_macro_f1"]}
+
+
 def finetune(run: Run, forced: bool) -> None:
     import torch
 
@@ -168,8 +174,9 @@ def quantize(run: Run, forced: bool) -> None:
     rows = []
     with progress() as bar:
         for variant in bar.track(variants(run.cfg), description="export, quantize, test accuracy"):
-            require(model_dir(run, variant) / DONE, "quantize")
-            rows += engines.build_variant(run, variant, model_dir(run, variant), encoded["test"])
+            folder = model_dir(run, variant)
+            require(folder / DONE, "quantize")
+            rows += engines.build_variant(run, variant, folder, encoded["test"], trained_scores(folder))
     write_json(out, rows)
 
 
