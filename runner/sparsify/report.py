@@ -15,6 +15,7 @@ COLUMNS = [
 ]  # fmt: skip
 ENGINES = ("deepsparse", "onnxruntime", "torch")  # fixed colours in the plot
 GOAL_DROP = 0.01  # "within 1 point of the dense model's accuracy" (accuracy is a fraction)
+GOAL_SPEEDUP = 4.0  # "at least 4x faster than dense fp32 PyTorch" at the headline point
 PLOT = "pareto.png"
 COMMANDS = "commands.txt"  # every command run on this directory, appended by the pipeline
 
@@ -23,11 +24,14 @@ def load(run_dir: Path, name: str) -> Any:
     return json.loads((run_dir / "stages" / name).read_text())
 
 
+def is_baseline(r: dict) -> bool:
+    """Dense fp32 PyTorch: every speedup and accuracy drop is measured against it."""
+    return r["variant"] == "dense" and r["engine"] == "torch" and r["precision"] == "fp32"
+
+
 def comparison(rows: list[dict], timings: list[dict]) -> list[dict]:
     """One row per variant, precision, engine and benchmark point; speedup vs dense fp32 torch there."""
-    dense = next(
-        r for r in rows if r["variant"] == "dense" and r["engine"] == "torch" and r["precision"] == "fp32"
-    )
+    dense = next(r for r in rows if is_baseline(r))
     point = lambda t: (t["batch"], t["seq_len"], t["threads"])  # noqa: E731
     baseline = {
         point(t): t["latency_p50_ms"] for t in timings if rows[t["row"]] is dense and "engine" not in t
@@ -79,8 +83,8 @@ def verdict(headline: list[dict]) -> str:
     lines = [
         f"Fastest variant within {GOAL_DROP * 100:g} point of dense accuracy: **{name(best)}**, "
         f"{best['speedup']:.2f}x dense fp32 PyTorch ({best['latency_p50_ms']:.2f} ms p50, accuracy "
-        f"{best['accuracy']:.4f}, drop {best['accuracy_drop'] * 100:+.2f} points); goal >= 4x: "
-        f"{'met' if best['speedup'] >= 4 else 'not met'}."
+        f"{best['accuracy']:.4f}, drop {best['accuracy_drop'] * 100:+.2f} points); goal >= {GOAL_SPEEDUP:g}x: "
+        f"{'met' if best['speedup'] >= GOAL_SPEEDUP else 'not met'}."
     ]
     fastest = max(headline, key=lambda r: r["speedup"])
     lines.append(
@@ -133,6 +137,10 @@ def plot(path: Path, headline: list[dict], point: list[int]) -> None:
             ax.scatter(
                 latency, accuracy, marker=marker, label=label, color=f"C{sorted(ENGINES).index(engine)}"
             )
+    dense = next(r for r in headline if is_baseline(r))
+    ax.axhline((dense["accuracy"] - GOAL_DROP) * 100, color="grey", ls="--", lw=0.8, label="dense - 1 point")
+    ax.axvline(dense["latency_p50_ms"] / GOAL_SPEEDUP, color="grey", ls=":", lw=0.8,
+               label=f"{GOAL_SPEEDUP:g}x dense fp32 torch")  # fmt: skip
     front = pareto_front(headline)
     ax.step([r["latency_p50_ms"] for r in front], [r["accuracy"] * 100 for r in front], where="post", color="k",
             lw=1, label="Pareto front")  # fmt: skip
