@@ -47,7 +47,7 @@ SPARSIFY_ARGS := $(if $(DEEPSPARSE_PY),bench.deepsparse_python=$(DEEPSPARSE_PY))
 
 # Both speed studies, each against a baseline timed in the same run: the training loop (results/bench/) and
 # the pruned-BERT variants, re-timed from the newest sparsify run that has its models (or a new default run
-# when there is none, about 25 minutes), its comparison.csv copied to results/bench/sparsify_bert.csv.
+# when there is none, about 30 minutes), its comparison.csv copied to results/bench/sparsify_bert.csv.
 bench: install data
 	$(ADAMRUN) bench
 	@run=$$(ls -d results/sparsify/*/variants 2>/dev/null | sort | tail -1); run=$${run%/variants}; \
@@ -55,7 +55,7 @@ bench: install data
 	else $(ADAMRUN) sparsify-bert $(SPARSIFY_ARGS) && run=$$(ls -d results/sparsify/*/ | sort | tail -1); fi; \
 	cp $${run%/}/comparison.csv results/bench/sparsify_bert.csv && echo "wrote results/bench/sparsify_bert.csv"
 
-# The pruned-BERT study, offline (MiniLM on Wikipedia topics; about 25 minutes on 2 cores).
+# The pruned-BERT study, offline (MiniLM on Wikipedia topics; about 30 minutes on 2 cores).
 sparsify: install
 	$(ADAMRUN) sparsify-bert $(SPARSIFY_ARGS)
 
