@@ -1,7 +1,8 @@
 """Every (variant, precision, engine) as a callable forward(inputs) -> logits, and its measured accuracy.
 
 Accuracy is measured on the test split for every row, int8 included: quantization changes the outputs
-noticeably, so it is never assumed to match fp32.
+noticeably, so it is never assumed to match fp32 (torch fp32 rows take the scores their training stage measured
+on the same saved model).
 """
 
 from __future__ import annotations
@@ -22,9 +23,13 @@ Forward = Callable[[dict[str, torch.Tensor]], np.ndarray]
 DENSE_TORCH_EXTRAS = ("bf16", "int8")  # torch precisions benchmarked for the dense model only
 
 
-def torch_model(folder: Path, precision: str) -> torch.nn.Module:
-    model = training.load_saved(folder)
+def at_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:
+    """The model to run at a torch precision: an int8 copy, or the model itself (bf16 is autocast)."""
     return export.quantize_torch(model) if precision == "int8" else model
+
+
+def torch_model(folder: Path, precision: str) -> torch.nn.Module:
+    return at_precision(training.load_saved(folder), precision)
 
 
 def torch_forward(model: torch.nn.Module, precision: str) -> Forward:
@@ -82,7 +87,7 @@ def build_variant(
     base |= {"vocab_size": model.config.vocab_size, "test_examples": len(test["labels"])}
     rows = []
     for precision in precisions:
-        m = torch_model(folder, precision)
+        m = at_precision(model, precision)  # quantize_dynamic copies: `model` stays fp32 for the export
         if precision == "fp32":
             found = trained
         else:
