@@ -88,11 +88,11 @@ def bench(overrides: Overrides = None, debug: Debug = False) -> None:
 def sparsify_bert(overrides: Overrides = None, debug: Debug = False) -> None:
     """Prune, distil, quantize and time BERT on the CPU."""
     from runner.config import compose
-    from runner.sparsify.pipeline import run
+    from runner.sparsify.pipeline import run, selected
 
     cfg = compose(overrides or [], config_name="sparsify_bert")
     run_dir = run(cfg)
-    wrote_report = str(cfg.stage) in ("all", "bench", "report")
+    wrote_report = "report" in selected(str(cfg.stage))
     console.print(f"report: {run_dir / 'report.md'}" if wrote_report else f"run directory: {run_dir}")
 
 

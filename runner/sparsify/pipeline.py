@@ -218,6 +218,13 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
     return Path(cfg.results_dir) / "sparsify" / f"{stamp}-{cfg.model.name}-{cfg.task.name}"
 
 
+def selected(stage: str) -> list[str]:
+    """The stages that `stage=...` runs, in order: all, or the one named (bench also rewrites the report)."""
+    if stage == "all":
+        return list(STAGES)
+    return [stage, "report"] if stage == "bench" else [stage]
+
+
 def check_depths(cfg: DictConfig) -> None:
     """sparsify.layers against the model's depth before any training (reads the model's config.json only)."""
     from transformers import AutoConfig
@@ -237,18 +244,17 @@ def run(cfg: DictConfig) -> Path:
 
     from runner.sparsify import report as reporting
 
+    stage = str(cfg.stage)
     if cfg.trainer.threads is not None:
         torch.set_num_threads(cfg.trainer.threads)
-    if str(cfg.stage) in ("all", "prune"):
+    if "prune" in selected(stage):
         check_depths(cfg)
     run_dir = resolve_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
-    stage = str(cfg.stage)
     (run_dir / f"config-{stage}.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     with open(run_dir / reporting.COMMANDS, "a") as f:
         f.write(reporting.command() + "\n")
     current = Run(cfg, run_dir)
-    for name in STAGES:
-        if stage in ("all", name) or (stage == "bench" and name == "report"):  # new timings, new report
-            STAGE_FUNCTIONS[name](current, forced=stage == name)
+    for name in selected(stage):
+        STAGE_FUNCTIONS[name](current, forced=stage == name)
     return run_dir
