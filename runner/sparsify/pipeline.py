@@ -152,11 +152,10 @@ def prune(run: Run, forced: bool) -> None:
     for variant in todo:
         out = model_dir(run, variant)
         student = training.load_saved(teacher_dir)
-        if variant.layers is not None:
+        dropped = variant.layers is not None
+        if dropped:
             pruning.drop_layers(student, variant.layers)
-        cfg = with_epochs(
-            run.cfg, run.cfg.prune.layer_drop_epochs if variant.layers else run.cfg.prune.epochs
-        )
+        cfg = with_epochs(run.cfg, run.cfg.prune.layer_drop_epochs if dropped else run.cfg.prune.epochs)
         steps = training.steps_per_epoch(encoded, cfg) * cfg.trainer.epochs
         pruner = pruning.PRUNERS[variant.structured](student, cfg.prune, variant.sparsity, steps)
         history = train(run, encoded, student, cfg, out, training.distilled(cfg.distill), pruner)
