@@ -53,9 +53,13 @@ def open_engine(row: dict, threads: int) -> Forward:
     return lambda inputs: export.run_session(sess, inputs)
 
 
-def accuracy(forward: Forward, test: dict[str, torch.Tensor], batch_size: int) -> dict[str, float]:
-    found = training.scores(training.predict(forward, test, batch_size), test["labels"], "test")
+def row_scores(found: dict[str, Any]) -> dict[str, float]:
+    """A row's accuracy and macro_f1 from training.scores(..., "test") or a stage's saved metrics.json."""
     return {"accuracy": found["test_accuracy"], "macro_f1": found["test_macro_f1"]}
+
+
+def accuracy(forward: Forward, test: dict[str, torch.Tensor], batch_size: int) -> dict[str, float]:
+    return row_scores(training.scores(training.predict(forward, test, batch_size), test["labels"], "test"))
 
 
 def quiet() -> contextlib.ExitStack:

@@ -118,12 +118,6 @@ def finish(run: Run, model: Any, out: Path, history: list[dict]) -> None:
     write_json(out / DONE, {"epochs": history, **found})
 
 
-def trained_scores(folder: Path) -> dict[str, float]:
-    """The torch fp32 test scores that finish() measured on the saved model."""
-    saved = json.loads((folder / DONE).read_text())
-    return {"accuracy": saved["test_accuracy"], "macro_f1": saved["test_macro_f1"]}
-
-
 def finetune(run: Run, forced: bool) -> None:
     import torch
 
@@ -175,7 +169,8 @@ def quantize(run: Run, forced: bool) -> None:
         for variant in bar.track(variants(run.cfg), description="export, quantize, test accuracy"):
             folder = model_dir(run, variant)
             require(folder / DONE, "quantize")
-            rows += engines.build_variant(run, variant, folder, encoded["test"], trained_scores(folder))
+            trained = engines.row_scores(json.loads((folder / DONE).read_text()))  # what finish() measured
+            rows += engines.build_variant(run, variant, folder, encoded["test"], trained)
     write_json(out, rows)
 
 
