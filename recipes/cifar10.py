@@ -17,17 +17,47 @@ from __future__ import annotations
 import gzip
 import math
 import pickle
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig
+from omegaconf import MISSING, DictConfig
 from torch import nn
 
+from runner.config import DataConfig, check
+from runner.data import holdout
 from runner.errors import UsageError
-from runner.loop import Task
+from runner.recipe import ACCURACY, Task
+
+
+# ------------------------------------------------------------------------------------------------ schema
+@dataclass
+class Cifar10Recipe:
+    name: str = MISSING
+    widths: list[int] = MISSING  # channels of the stem and the three blocks
+    label_smoothing: float = MISSING
+    crop_padding: int = MISSING  # pixels of random translation
+    flip: bool = MISSING
+    bn_momentum: float = MISSING
+    scaling: float = MISSING  # logits multiplier (airbench), temperature of the softmax
+    channels_last: bool = MISSING
+    tta: bool = MISSING
+
+    def __post_init__(self) -> None:
+        check(len(self.widths) == 4, "recipe.widths", "must be four channel counts", self.widths)
+        check(all(w > 0 for w in self.widths), "recipe.widths", "must all be > 0", self.widths)
+        check(
+            0 <= self.label_smoothing < 1, "recipe.label_smoothing", "must be in [0, 1)", self.label_smoothing
+        )
+        check(self.crop_padding >= 0, "recipe.crop_padding", "must be >= 0", self.crop_padding)
+        check(0 <= self.bn_momentum <= 1, "recipe.bn_momentum", "must be in [0, 1]", self.bn_momentum)
+        check(self.scaling > 0, "recipe.scaling", "must be > 0", self.scaling)
+
+
+SCHEMAS = {"recipe": Cifar10Recipe, "data": DataConfig}
 
 # ------------------------------------------------------------------------------------------------ data
 
@@ -39,21 +69,35 @@ class Images:
     test_x: torch.Tensor
     test_y: torch.Tensor
     classes: int
+    val_x: torch.Tensor | None = None  # held out of the training images (data.val_size)
+    val_y: torch.Tensor | None = None
 
 
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 CIFAR10_TEST = ["test_batch"]
+CIFAR10_PIXELS = 3 * 32 * 32
+
+
+def read_cifar10_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One python-pickle batch of cifar-10-python.tar.gz: 'data' N x 3072 uint8 (RGB planes), 'labels'."""
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        labels = np.asarray(batch["labels"], dtype=np.int64)
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as err:
+        raise UsageError(f"{path} is not a CIFAR-10 python batch ({type(err).__name__}: {err})") from err
+    if data.ndim != 2 or data.shape[1] != CIFAR10_PIXELS or len(data) != len(labels):
+        raise UsageError(
+            f"{path} holds {data.shape} pixels for {len(labels)} labels; expected N x {CIFAR10_PIXELS}"
+        )
+    return data.reshape(-1, 3, 32, 32), labels
 
 
 def read_cifar10_batches(folder: Path, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The python-pickle batches of cifar-10-python.tar.gz: 'data' N x 3072 uint8 (RGB planes), 'labels'."""
-    xs, ys = [], []
-    for name in names:
-        with open(folder / name, "rb") as f:
-            batch = pickle.load(f, encoding="latin1")
-        xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(batch["labels"], dtype=np.int64))
+    batches = [read_cifar10_batch(folder / name) for name in names]
+    xs, ys = zip(*batches, strict=True)
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
 
@@ -80,54 +124,74 @@ def download_cifar10(root: Path) -> None:
 
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file (gzip), as LeCun's MNIST and Zalando's Fashion-MNIST ship them: magic, dims, then uint8."""
-    with gzip.open(path, "rb") as f:
-        data = f.read()
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as err:  # not gzip, truncated, or corrupt
+        raise UsageError(f"{path} is not a readable gzip file ({err})") from err
     magic = int.from_bytes(data[0:4], "big")
-    if magic >> 8 != 0x08:  # 0x08: unsigned byte; the low byte is the number of dimensions
+    if len(data) < 4 or magic >> 8 != 0x08:  # 0x08: unsigned byte; the low byte is the number of dimensions
         raise UsageError(f"{path} is not an IDX file of unsigned bytes (magic {magic:#x})")
     ndim = magic & 0xFF
     shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    offset = 4 + 4 * ndim
+    if len(data) != offset + math.prod(shape):
+        raise UsageError(
+            f"{path} declares {shape} bytes of data but holds {len(data) - offset}: truncated or corrupt"
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape)
+
+
+FASHION_MNIST_FILES = {
+    "train_x": "train-images-idx3-ubyte.gz",
+    "train_y": "train-labels-idx1-ubyte.gz",
+    "test_x": "t10k-images-idx3-ubyte.gz",
+    "test_y": "t10k-labels-idx1-ubyte.gz",
+}
 
 
 def load_fashion_mnist(cfg: DictConfig) -> Images:
     root = Path(cfg.root).expanduser()
-    files = {
-        "train_x": "train-images-idx3-ubyte.gz",
-        "train_y": "train-labels-idx1-ubyte.gz",
-        "test_x": "t10k-images-idx3-ubyte.gz",
-        "test_y": "t10k-labels-idx1-ubyte.gz",
-    }
-    missing = [name for name in files.values() if not (root / name).exists()]
+    missing = [name for name in FASHION_MNIST_FILES.values() if not (root / name).exists()]
     if missing:
         raise UsageError(
             f"Fashion-MNIST not found in {root} (missing {missing[0]}); "
             "install it with `sudo apt-get install dataset-fashion-mnist`, or set data.root=<folder>"
         )
-    arrays = {key: torch.from_numpy(read_idx(root / name).copy()) for key, name in files.items()}
+    arrays = {key: read_idx(root / name) for key, name in FASHION_MNIST_FILES.items()}
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_x"], arrays[f"{split}_y"]
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise UsageError(
+                f"{root / FASHION_MNIST_FILES[f'{split}_x']} holds {images.shape[0]} images but "
+                f"{FASHION_MNIST_FILES[f'{split}_y']} has {labels.shape[0]} labels"
+            )
+    tensors = {key: torch.from_numpy(array.copy()) for key, array in arrays.items()}
     return Images(
-        arrays["train_x"][:, None],
-        arrays["train_y"].long(),
-        arrays["test_x"][:, None],
-        arrays["test_y"].long(),
-        10,
-    )
+        tensors["train_x"][:, None], tensors["train_y"].long(), tensors["test_x"][:, None],
+        tensors["test_y"].long(), 10,
+    )  # fmt: skip
 
 
 LOADERS = {"cifar10": load_cifar10, "fashion_mnist": load_fashion_mnist}
 
 
 def load_images(cfg: DictConfig) -> Images:
+    """The data's images, limited to the first train_limit / test_limit, with data.val_size training images
+    held out for validation (stratified by class; which ones depends on data.val_seed only)."""
     if cfg.name not in LOADERS:
-        raise UsageError(f"recipe cifar10 cannot read data '{cfg.name}'; valid: {', '.join(LOADERS)}")
+        raise UsageError(f"this recipe cannot read data '{cfg.name}'; valid: {', '.join(LOADERS)}")
     images = LOADERS[cfg.name](cfg)
+    train_x, train_y = images.train_x[: cfg.train_limit], images.train_y[: cfg.train_limit]
+    check(
+        cfg.val_size < len(train_y), "data.val_size", f"must be below the {len(train_y)} training images",
+        cfg.val_size,
+    )  # fmt: skip
+    train, val = (torch.from_numpy(i) for i in holdout(train_y.numpy(), cfg.val_size, cfg.val_seed))
     return Images(
-        images.train_x[: cfg.train_limit],
-        images.train_y[: cfg.train_limit],
-        images.test_x[: cfg.test_limit],
-        images.test_y[: cfg.test_limit],
-        images.classes,
-    )
+        train_x[train], train_y[train], images.test_x[: cfg.test_limit], images.test_y[: cfg.test_limit],
+        images.classes, train_x[val] if len(val) else None, train_y[val] if len(val) else None,
+    )  # fmt: skip
 
 
 def random_crop_flip(padded: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
@@ -197,40 +261,42 @@ def make_net(in_channels: int, classes: int, recipe: DictConfig) -> nn.Sequentia
 def build(cfg: DictConfig, device: torch.device) -> Task:
     torch.manual_seed(cfg.seed)
     images = load_images(cfg.data)
-    memory_format = torch.channels_last if cfg.trainer.channels_last else torch.contiguous_format
-    train_x, test_x = images.train_x.float() / 255, images.test_x.float() / 255
+    recipe = cfg.recipe
+    pad, side = recipe.crop_padding, min(images.train_x.shape[-2:])
+    check(pad < side, "recipe.crop_padding", f"must be below the image side ({side} pixels)", pad)
+    memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
+    train_x = images.train_x.float() / 255
     mean, std = train_x.mean(dim=(0, 2, 3), keepdim=True), train_x.std(dim=(0, 2, 3), keepdim=True)
-    pad = cfg.recipe.crop_padding
     padded = F.pad(images.train_x, (pad, pad, pad, pad), mode="reflect" if pad else "constant").to(device)
-    train_y, test_y = images.train_y.to(device), images.test_y.to(device)
+    train_y = images.train_y.to(device)
     mean, std = mean.to(device), std.to(device)
-    test_x = ((test_x.to(device) - mean) / std).contiguous(memory_format=memory_format)
-    model = make_net(images.train_x.shape[1], images.classes, cfg.recipe).to(
-        device, memory_format=memory_format
-    )
+    model = make_net(images.train_x.shape[1], images.classes, recipe).to(device, memory_format=memory_format)
     batch_size = cfg.trainer.batch_size
     n_train = len(train_y)
 
     def normalize(x_uint8: torch.Tensor) -> torch.Tensor:
-        return ((x_uint8.float() / 255 - mean) / std).contiguous(memory_format=memory_format)
+        return ((x_uint8.to(device).float() / 255 - mean) / std).contiguous(memory_format=memory_format)
+
+    held_out = {"test": (normalize(images.test_x), images.test_y.to(device))}
+    if images.val_x is not None:
+        held_out["val"] = (normalize(images.val_x), images.val_y.to(device))
 
     def batches(gen: torch.Generator):
         order = torch.randperm(n_train, generator=gen)
         for start in range(0, n_train, batch_size):
             idx = order[start : start + batch_size].to(device)
-            yield normalize(random_crop_flip(padded[idx], pad, cfg.recipe.flip, gen)), train_y[idx]
+            yield normalize(random_crop_flip(padded[idx], pad, recipe.flip, gen)), train_y[idx]
 
-    def loss(model: nn.Module, batch) -> torch.Tensor:
+    def loss(model: nn.Module, batch, state: None) -> tuple[torch.Tensor, None]:
         x, y = batch
-        return F.cross_entropy(model(x), y, label_smoothing=cfg.recipe.label_smoothing)
+        return F.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing), None
 
-    def evaluate(model: nn.Module) -> dict[str, float]:
-        logits = torch.cat(
-            [predict(model, x, cfg.trainer.tta) for x in test_x.split(cfg.trainer.eval_batch_size)]
-        )
+    def evaluate(model: nn.Module, split: str) -> dict[str, float]:
+        x, y = held_out[split]
+        logits = torch.cat([predict(model, xb, recipe.tta) for xb in x.split(cfg.trainer.eval_batch_size)])
         return {
-            "test_loss": F.cross_entropy(logits, test_y).item(),
-            "test_acc": (logits.argmax(1) == test_y).float().mean().item(),
+            f"{split}_loss": F.cross_entropy(logits, y).item(),
+            f"{split}_acc": (logits.argmax(1) == y).float().mean().item(),
         }
 
     return Task(
@@ -240,6 +306,8 @@ def build(cfg: DictConfig, device: torch.device) -> Task:
         batches=batches,
         loss=loss,
         evaluate=evaluate,
+        metric=ACCURACY,
+        splits=tuple(sorted(held_out, reverse=True)),  # ("val", "test") or ("test",)
     )
 
 

@@ -28,10 +28,10 @@ from runner.optim import build_optimizer
 LOOP_VARIANTS = {  # name: overrides of the recipe's defaults (bf16 autocast + channels_last + fused optimizer)
     "recipe loop (bf16 + channels_last + fused)": [],
     "recipe loop, fp32 + channels_last": ["trainer.precision=fp32"],
-    "recipe loop, bf16, no channels_last": ["trainer.channels_last=false"],
+    "recipe loop, bf16, no channels_last": ["recipe.channels_last=false"],
     "recipe loop, fp32, no channels_last, for-loop optimizer": [
         "trainer.precision=fp32",
-        "trainer.channels_last=false",
+        "recipe.channels_last=false",
         "optimizer.impl=for_loop",
     ],
 }
@@ -51,9 +51,7 @@ def environment() -> dict:
 
 def recipe_loop_speed(cfg: DictConfig, overrides: list[str], out: Path) -> float:
     """Images/s of the second epoch of the real loop (fit), the first having warmed everything up."""
-    variant = compose(
-        [*overrides_of(cfg), *overrides, "trainer.epochs=2", "trainer.tta=false"], "bench_train"
-    )
+    variant = compose([*overrides_of(cfg), *overrides, "trainer.epochs=2", "recipe.tta=false"], "bench_train")
     task = cifar10.build(variant, torch.device("cpu"))
     outcome = fit(task, variant, out / f"run-{time.monotonic_ns()}")
     return outcome.metrics[-1]["examples_per_s"]

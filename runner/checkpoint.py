@@ -6,11 +6,14 @@ the previous checkpoint intact.
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from runner.errors import UsageError
 from runner.results import replaced_atomically
 
 CHECKPOINT = "checkpoint.pt"
@@ -41,4 +44,10 @@ def load(run_dir: Path) -> dict[str, Any] | None:
     path = Path(run_dir) / CHECKPOINT
     if not path.exists():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)  # our own file: it holds the config too
+    try:  # our own file: it holds the config too
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        raise UsageError(
+            f"{path} is corrupt ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+            "delete it to restart the run from scratch, or start a new run"
+        ) from err

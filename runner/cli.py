@@ -32,7 +32,7 @@ Overrides = Annotated[
 ]  # fmt: skip
 Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
 
-EXIT_CODES = {"finished": 0, "diverged": 1, "failed": 1, "interrupted": 130}
+EXIT_CODES = {"finished": 0, "diverged": 1, "failed": 1, "pruned": 0}  # interrupted: 128 + the signal
 
 TRAIN_EXAMPLES = """
 Examples:
@@ -48,11 +48,15 @@ Examples:
 @app.command(epilog=TRAIN_EXAMPLES)
 def train(overrides: Overrides = None, debug: Debug = False) -> None:
     """Train a recipe: a run directory plus a row in runs.csv."""
+    from runner import signals
     from runner.config import compose
     from runner.loop import train as run_training
 
     row = run_training(compose(overrides or []))
     show_fields(row, title=f"run {row['run_id']}")
+    if row["status"] == "interrupted":
+        err_console.print(f"interrupted; continue with: adamrun train resume=true run_dir={row['run_dir']}")
+        raise typer.Exit(signals.exit_code())
     raise typer.Exit(EXIT_CODES[row["status"]])
 
 
@@ -66,14 +70,36 @@ def config_show(overrides: Overrides = None, debug: Debug = False) -> None:
     console.print(OmegaConf.to_yaml(compose(overrides or [])), markup=False, highlight=False)
 
 
-@app.command()
-def report(overrides: Overrides = None, debug: Debug = False) -> None:
-    """Test accuracy mean ± std over seeds, per setting."""
-    from runner.config import compose
-    from runner.results import summarize
+@app.command(
+    epilog="Examples:\n\n  adamrun report\n\n  adamrun report results/sweeps/lr_wd_grid\n\n  adamrun report results_dir=/tmp/rep"
+)
+def report(
+    where: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="A results folder (or its runs.csv); results_dir=<folder> works too. Default: results.",
+            show_default=False,
+        ),
+    ] = None,
+    debug: Debug = False,
+) -> None:
+    """The test metric's mean ± std over seeds, per setting."""
+    from runner.results import runs_table, summarize
 
-    summary = summarize(compose(overrides or []).results_dir)
-    show_rows(summary, title="runs (mean ± std over seeds)")
+    show_rows(summarize(runs_table(report_path(where or []))), title="runs (mean ± std over seeds)")
+
+
+def report_path(arguments: list[str]) -> str:
+    """The one folder or table `adamrun report` reads: a bare path or results_dir=<path>."""
+    from runner.errors import UsageError
+
+    paths = [
+        a.removeprefix("results_dir=") for a in arguments if "=" not in a or a.startswith("results_dir=")
+    ]
+    unknown = [a for a in arguments if "=" in a and not a.startswith("results_dir=")]
+    if unknown or len(paths) > 1:
+        raise UsageError(f"adamrun report takes one results folder or runs.csv (got {' '.join(arguments)})")
+    return paths[0] if paths else "results"
 
 
 @app.command()
@@ -124,16 +150,27 @@ def format_cell(value) -> str:
 
 
 def main() -> None:
-    """Console entry point: known errors become one line and exit code 2."""
+    """Console entry point: known errors become one line and exit code 2; --debug shows the traceback."""
+    import click
+
+    from runner import signals
     from runner.errors import UsageError
 
     try:
-        app()
+        code = app(standalone_mode=False)
     except UsageError as err:
         if "--debug" in sys.argv:
             raise
         err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
+    except click.ClickException as err:  # a bad command or option: click's own one-line usage error
+        err.show()
+        sys.exit(err.exit_code)
+    except click.exceptions.Abort:  # end of input at a prompt
+        sys.exit(1)
+    if code == 130:  # typer's code for any KeyboardInterrupt: 128 + the signal it really was
+        code = signals.exit_code()
+    sys.exit(code or 0)
 
 
 if __name__ == "__main__":

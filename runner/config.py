@@ -8,18 +8,22 @@ tests and users' own scripts all call it.
 
 from __future__ import annotations
 
+import importlib
+import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
-from omegaconf import MISSING, DictConfig, OmegaConf, open_dict
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from runner.errors import UsageError
 
@@ -33,10 +37,22 @@ def check(ok: bool, key: str, requirement: str, value: Any) -> None:
         raise UsageError(f"{key} {requirement} (got {value!r})")
 
 
+def check_finite(cfg: DictConfig | ListConfig, prefix: str = "") -> None:
+    """Every number a user can set must be finite: inf or nan in any key trains nonsense, or crashes later."""
+    items = cfg.items() if isinstance(cfg, DictConfig) else enumerate(cfg)
+    for key, value in items:
+        name = f"{prefix}[{key}]" if isinstance(cfg, ListConfig) else f"{prefix}{'.' if prefix else ''}{key}"
+        if isinstance(value, DictConfig | ListConfig):
+            check_finite(value, name)
+        elif isinstance(value, float):
+            check(math.isfinite(value), name, "must be a finite number", value)
+
+
 # ---------------------------------------------------------------------------------------------- optimizer
 class Family(StrEnum):
     adam = "adam"
     sgd = "sgd"
+    nt_asgd = "nt_asgd"  # SGD, switched to averaged SGD when validation stops improving (Merity et al.)
 
 
 class DecayMode(StrEnum):
@@ -66,9 +82,11 @@ class OptimizerConfig:
     normalized_wd: bool = MISSING
     decay_norm_and_bias: bool = MISSING
     impl: Impl = MISSING
+    nonmono: int = MISSING  # NT-ASGD: validation checks without improvement before averaging starts
 
     def __post_init__(self) -> None:
         check(self.lr > 0, "optimizer.lr", "must be > 0", self.lr)
+        check(self.nonmono >= 1, "optimizer.nonmono", "must be >= 1", self.nonmono)
         check(self.weight_decay >= 0, "optimizer.weight_decay", "must be >= 0", self.weight_decay)
         check(len(self.betas) == 2, "optimizer.betas", "must be two numbers [beta1, beta2]", self.betas)
         for i, beta in enumerate(self.betas):
@@ -76,7 +94,16 @@ class OptimizerConfig:
         check(self.eps > 0, "optimizer.eps", "must be > 0", self.eps)
         check(0 <= self.momentum < 1, "optimizer.momentum", "must be in [0, 1)", self.momentum)
         check(
-            not (self.amsgrad and self.family is Family.sgd), "optimizer.amsgrad", "needs family=adam", True
+            not (self.amsgrad and self.family is not Family.adam),
+            "optimizer.amsgrad",
+            "needs family=adam",
+            True,
+        )
+        check(
+            not (self.decoupled and self.family is Family.nt_asgd),
+            "optimizer.decoupled",
+            "is not available for family=nt_asgd (torch.optim.ASGD adds the decay to the gradient)",
+            True,
         )
 
 
@@ -191,6 +218,37 @@ class Precision(StrEnum):
     bf16 = "bf16"
 
 
+TARGET = re.compile(r"^\s*((?:val|test)_\w+)\s*(>=|<=|>|<)\s*([-+.\w]+)\s*$")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A metric threshold such as val_acc>=0.93: the run records when it first holds (time to target)."""
+
+    key: str
+    op: str
+    value: float
+
+    def reached(self, row: dict) -> bool:
+        value = row.get(self.key)
+        if value is None:
+            return False
+        return {">=": value >= self.value, "<=": value <= self.value, ">": value > self.value,
+                "<": value < self.value}[self.op]  # fmt: skip
+
+
+def parse_target(text: str) -> Target:
+    match = TARGET.match(text)
+    number = match and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?", match.group(3), re.IGNORECASE)
+    check(
+        bool(number),
+        "trainer.target",
+        "must look like val_acc>=0.93 (val_ or test_ metric, >= <= > <, number)",
+        text,
+    )
+    return Target(match.group(1), match.group(2), float(match.group(3)))
+
+
 @dataclass
 class TrainerConfig:
     epochs: int = MISSING
@@ -198,12 +256,13 @@ class TrainerConfig:
     eval_batch_size: int = MISSING
     device: str = MISSING
     precision: Precision = MISSING
-    channels_last: bool = MISSING
     grad_clip: float | None = MISSING
-    tta: bool = MISSING
     threads: int | None = MISSING
     log_every: int = MISSING
     progress: bool = MISSING
+    eval_every: float = MISSING  # epochs between evaluations: 1 each epoch end, 0.25 four times per epoch
+    target: str | None = MISSING  # e.g. val_acc>=0.93: record the time, epochs and steps to reach it
+    stop_at_target: bool = MISSING  # end the run once the target holds
 
     def __post_init__(self) -> None:
         check(self.epochs > 0, "trainer.epochs", "must be > 0", self.epochs)
@@ -220,50 +279,49 @@ class TrainerConfig:
         if self.threads is not None:
             check(self.threads > 0, "trainer.threads", "must be > 0 or null", self.threads)
         check(self.log_every > 0, "trainer.log_every", "must be > 0", self.log_every)
+        check(
+            0 < self.eval_every <= 1 and (1 / self.eval_every).is_integer(),
+            "trainer.eval_every",
+            "must be 1 or 1/n of an epoch (0.5, 0.25, ...)",
+            self.eval_every,
+        )
+        if self.target is not None:
+            parse_target(self.target)
+        check(
+            not (self.stop_at_target and self.target is None),
+            "trainer.stop_at_target",
+            "needs trainer.target",
+            True,
+        )
 
 
-# ---------------------------------------------------------------------------------------------- data, recipe
+# ---------------------------------------------------------------------------------------------- data
 @dataclass
 class DataConfig:
+    """Labelled image data (the CIFAR-10 and Cars recipes); recipes with other data bring their own schema."""
+
     name: str = MISSING
     root: str = MISSING
     download: bool = MISSING
     train_limit: int | None = MISSING  # use only the first N training examples (quick runs, tests)
     test_limit: int | None = MISSING
+    val_size: int = MISSING  # training examples held out for validation (stratified); 0: none
+    val_seed: int = MISSING  # the held-out examples depend on this, not on the run's seed
 
     def __post_init__(self) -> None:
         for key in ("train_limit", "test_limit"):
             limit = getattr(self, key)
             if limit is not None:
                 check(limit > 0, f"data.{key}", "must be > 0 or null", limit)
-
-
-@dataclass
-class Cifar10Recipe:
-    name: str = MISSING
-    widths: list[int] = MISSING  # channels of the stem and the three blocks
-    label_smoothing: float = MISSING
-    crop_padding: int = MISSING  # pixels of random translation
-    flip: bool = MISSING
-    bn_momentum: float = MISSING
-    scaling: float = MISSING  # logits multiplier (airbench), temperature of the softmax
-
-    def __post_init__(self) -> None:
-        check(len(self.widths) == 4, "recipe.widths", "must be four channel counts", self.widths)
-        check(
-            0 <= self.label_smoothing < 1, "recipe.label_smoothing", "must be in [0, 1)", self.label_smoothing
-        )
-        check(self.crop_padding >= 0, "recipe.crop_padding", "must be >= 0", self.crop_padding)
-
-
-RECIPES = {"cifar10": Cifar10Recipe}
+        check(self.val_size >= 0, "data.val_size", "must be >= 0", self.val_size)
 
 
 # ---------------------------------------------------------------------------------------------- top level
 @dataclass
 class TrainConfig:
-    recipe: Any = MISSING
-    data: DataConfig = MISSING
+    recipe: Any = MISSING  # the recipe's own schema (recipes/<name>.py SCHEMAS)
+    data: Any = MISSING
+    model: Any = None
     optimizer: OptimizerConfig = MISSING
     schedule: Any = MISSING
     trainer: TrainerConfig = MISSING
@@ -271,6 +329,8 @@ class TrainConfig:
     run_dir: str | None = MISSING  # null: a fresh directory under results_dir/runs
     resume: bool = MISSING
     results_dir: str = MISSING
+    choices: Any = None  # which option of each group was composed (filled by compose)
+    overrides: list[str] = field(default_factory=list)  # the command line's overrides (filled by compose)
 
 
 @dataclass
@@ -291,17 +351,17 @@ class BenchTrainConfig(TrainConfig):
     bench: BenchSettings = MISSING
 
 
+TRAIN_SCHEMAS = {"train": TrainConfig, "bench_train": BenchTrainConfig}  # configs that run a recipe
+
+
 def register_schemas() -> None:
     cs = ConfigStore.instance()
-    cs.store(name="train" + SCHEMA_SUFFIX, node=TrainConfig)
-    cs.store(name="bench_train" + SCHEMA_SUFFIX, node=BenchTrainConfig)
+    for name, schema in TRAIN_SCHEMAS.items():
+        cs.store(name=name + SCHEMA_SUFFIX, node=schema)
     cs.store(group="optimizer", name="optimizer" + SCHEMA_SUFFIX, node=OptimizerConfig)
     cs.store(group="trainer", name="trainer" + SCHEMA_SUFFIX, node=TrainerConfig)
-    cs.store(group="data", name="data" + SCHEMA_SUFFIX, node=DataConfig)
     for name, schema in SCHEDULES.items():
         cs.store(group="schedule", name=name + SCHEMA_SUFFIX, node=schema)
-    for name, schema in RECIPES.items():
-        cs.store(group="recipe", name=name + SCHEMA_SUFFIX, node=schema)
     from runner.sparsify import schema as sparsify_schema  # here: that module imports this one
 
     sparsify_schema.register(cs)
@@ -315,6 +375,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "tra
     """
     register_schemas()
     overrides = list(overrides)
+    refuse_group_lists(overrides)
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = hydra_compose(config_name, overrides=overrides, return_hydra_config=True)
@@ -323,9 +384,65 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "tra
     choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
     with open_dict(cfg):
         del cfg["hydra"]
+    if config_name in TRAIN_SCHEMAS:
+        cfg.choices, cfg.overrides = choices, overrides
+        return typed(cfg, TRAIN_SCHEMAS[config_name])
     validate(cfg)
     with open_dict(cfg):
         cfg.choices = choices  # which option of each group was composed: names the run and its row
+    return cfg
+
+
+def refuse_group_lists(overrides: list[str]) -> None:
+    """`optimizer=[adamw,sgd]` would merge both options into one config: a run takes one option per group."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as err:
+        raise UsageError(one_line(str(err))) from err
+    for override in parsed:
+        group = override.key_or_group
+        if (CONF_DIR / group).is_dir() and isinstance(override.value(), list):
+            raise UsageError(
+                f"{group} takes one option (got {override.input_line}); to compare several, "
+                f"sweep them: adamrun sweep '{group}={','.join(map(str, override.value()))}'"
+            )
+
+
+def recipe_module(name: str) -> ModuleType:
+    """recipes/<name>.py: its SCHEMAS and build(cfg, device) (the contract in runner/recipe.py)."""
+    if not (CONF_DIR / "recipe" / f"{name}.yaml").exists():
+        raise UsageError(f"unknown recipe '{name}'; valid choices: {', '.join(group_options('recipe'))}")
+    return importlib.import_module(f"recipes.{name}")
+
+
+def typed(plain: DictConfig, top: type = TrainConfig) -> DictConfig:
+    """The config merged onto its schemas (runner's and the recipe's), range-checked and finite.
+
+    The one validation of a train config: compose() runs it on the composed config and a resumed run on the
+    config.yaml it saved, so a hand-edited file fails the same way a bad override does.
+    """
+    base = OmegaConf.structured(top)
+    try:
+        schemas = recipe_module(str(plain.recipe.name)).SCHEMAS
+        base.schedule = OmegaConf.structured(SCHEDULES[str(plain.schedule.name)])
+    except (OmegaConfBaseException, KeyError) as err:
+        raise UsageError(f"the config names no valid recipe or schedule ({one_line(str(err))})") from err
+    for key in ("data", "model"):
+        check(
+            key in schemas or plain.get(key) is None,
+            key,
+            f"is not read by recipe {plain.recipe.name}; leave it out",
+            plain.get(key, {}).get("name") if isinstance(plain.get(key), DictConfig) else plain.get(key),
+        )
+    for key, schema in schemas.items():
+        setattr(base, key, OmegaConf.structured(schema))
+    try:
+        cfg = OmegaConf.merge(base, plain)
+    except ConfigKeyError as err:
+        raise UsageError(unknown_key(err, base)) from err
+    except OmegaConfBaseException as err:
+        raise UsageError(one_line(str(err))) from err
+    validate(cfg)
     return cfg
 
 
@@ -335,14 +452,23 @@ def validate(cfg: DictConfig) -> None:
         OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:
         raise UsageError(one_line(str(err))) from err
+    check_finite(cfg)
     if "schedule" in cfg and "optimizer" in cfg:
         untuned = cfg.schedule.warmup != Warmup.none and cfg.schedule.warmup_steps is None
         check(
-            not (untuned and cfg.optimizer.family == Family.sgd),
+            not (untuned and cfg.optimizer.family != Family.adam),
             "schedule.warmup_steps",
             "must be set for the SGD family (the untuned 2/(1-beta2) rule needs Adam's beta2)",
             None,
         )
+
+
+def unknown_key(err: ConfigKeyError, base: DictConfig) -> str:
+    """ "Key 'lrr' not in 'OptimizerConfig'" as the same line a plain typo gets, with the valid keys."""
+    key = str(err.full_key)
+    parent = OmegaConf.select(base, key.rpartition(".")[0]) if "." in key else base
+    valid = [k for k in parent if k not in ("choices", "overrides")] if isinstance(parent, DictConfig) else []
+    return f"unknown config key '{key}'; valid keys here: {', '.join(valid)}"
 
 
 def one_line(message: str) -> str:

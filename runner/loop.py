@@ -1,24 +1,33 @@
 """The one training loop every recipe shares: one short loop, read top to bottom (nanoGPT's train.py).
 
-A recipe hands `fit` a Task (model, batches, loss, evaluation); `fit` builds the optimizer and schedule from the
-config, trains with bf16 autocast where it is fast, evaluates every epoch, checkpoints atomically, and resumes.
-Each epoch draws its data order and augmentation from a generator seeded by (seed, epoch), and re-seeds torch's
-global RNG the same way, so an epoch replayed after a resume sees exactly the same numbers: on the CPU a killed
-and resumed run ends bitwise equal to an uninterrupted one.
+A recipe hands `fit` a Task (runner/recipe.py); `fit` builds the optimizer and schedule of each phase from the
+config, trains with bf16 autocast where it is fast, evaluates (validation every `trainer.eval_every` epochs,
+the test set once at the end when there is a validation split), records the time to `trainer.target`,
+checkpoints atomically at every epoch end, and resumes. Each epoch draws its data order and augmentation from
+a generator seeded by (seed, epoch), and re-seeds torch's global RNG the same way, so an epoch replayed after
+a resume sees exactly the same numbers: on the CPU a killed and resumed run ends bitwise equal to an
+uninterrupted one.
+
+`train` wraps `fit` in a run: a run directory (config.yaml, run.json, metrics.jsonl, checkpoint.pt) and a row
+in results_dir/runs.csv, refusing to reuse a folder that holds another run, handling SIGTERM/SIGHUP as Ctrl-C,
+and resuming only under the config the run was started with.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -28,34 +37,35 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from runner import checkpoint, results
-from runner.config import Precision
+from runner import checkpoint, optim, results, signals
+from runner.config import Precision, parse_target, recipe_module, typed
 from runner.errors import UsageError
-from runner.optim import build_optimizer
+from runner.recipe import Phase, Task
 from runner.schedule import build_schedule
 
-Batch = tuple[torch.Tensor, ...]
-
-
-@dataclass
-class Task:
-    """What a recipe gives the loop."""
-
-    model: torch.nn.Module
-    train_size: int  # training examples per epoch
-    steps_per_epoch: int
-    batches: Callable[
-        [torch.Generator], Iterator[Batch]
-    ]  # one epoch of training batches, order from the generator
-    loss: Callable[[torch.nn.Module, Batch], torch.Tensor]  # training loss of one batch
-    evaluate: Callable[[torch.nn.Module], dict[str, float]]  # test metrics, e.g. test_loss and test_acc
-    after_step: Callable[[int], None] | None = None  # called after every optimizer step (pruning masks)
+RUNTIME_KEYS = ("resume", "run_dir", "trainer.progress", "trainer.threads", "trainer.log_every")  # no effect
+# on the numbers: a resume may set them anew
 
 
 @dataclass
 class Outcome:
-    status: str  # finished | diverged | interrupted | failed
-    metrics: list[dict] = field(default_factory=list)  # one row per epoch, as in metrics.jsonl
+    status: str  # finished | diverged | interrupted | pruned
+    metrics: list[dict] = field(default_factory=list)  # one row per evaluation, as in metrics.jsonl
+    summary: dict = field(default_factory=dict)  # val/test metric, epochs run, time to target
+    wall_s: float = 0.0  # over every segment of the run
+
+
+@dataclass
+class Headway:
+    """How far the run has come: what a checkpoint holds besides the weights, the optimizer and the RNG."""
+
+    epoch: int = 0  # epochs done
+    step: int = 0  # optimizer steps done
+    phase_start: int = 0  # the step at which the current phase began (its schedule counts from there)
+    seconds: float = 0.0  # training + evaluation seconds of the epochs done (time to target counts these)
+    wall_s: float = 0.0  # wall-clock seconds of the run so far, over all its segments
+    history: list[dict] = field(default_factory=list)
+    reached: dict = field(default_factory=dict)  # time_to_target_s, epochs_to_target, steps_to_target
 
 
 def resolve_device(name: str) -> torch.device:
@@ -72,9 +82,7 @@ def use_bf16(precision: str, device: torch.device) -> bool:
         return precision == Precision.bf16
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return (
-        torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    )  # without native bf16 the emulation is slower than fp32
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()  # without native bf16, emulation is slower than fp32
 
 
 def autocast(cfg: DictConfig, device: torch.device):
@@ -87,140 +95,335 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
 
 
-def progress_bar(enabled: bool) -> Progress:
+def detached(state):
+    """The recipe's carried state (tensors, nested in tuples and lists) cut from the graph of the last step."""
+    if isinstance(state, torch.Tensor):
+        return state.detach()
+    if isinstance(state, tuple | list):
+        return type(state)(detached(s) for s in state)
+    return state
+
+
+def progress_bar(enabled: bool, unit: str) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[speed]:,.0f} ex/s"),
+        TextColumn(
+            "loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[speed]:,.0f} " + unit + "/s"
+        ),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         disable=not enabled,
     )
 
 
-def resume_state(
-    task: Task, optimizer: torch.optim.Optimizer, cfg: DictConfig, run_dir: Path
-) -> tuple[int, list]:
-    """Load the last checkpoint into the model and optimizer: (epochs done, their metrics)."""
-    state = checkpoint.load(run_dir) if cfg.resume else None
-    if state is None:
-        return 0, []
-    task.model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    checkpoint.restore_rng_states(state["rng"])
-    return state["epoch"], state["metrics"]
+def phase_spans(task: Task, epochs: int) -> Iterator[tuple[int, Phase, int]]:
+    """(index, phase, the epoch it ends at) of every phase of the run."""
+    end = 0
+    for index, phase in enumerate(task.run_phases(epochs)):
+        end += phase.epochs
+        yield index, phase, end
 
 
-def fit(task: Task, cfg: DictConfig, run_dir: Path) -> Outcome:
+def evaluation_points(steps_per_epoch: int, every: float) -> set[int]:
+    """Batch counts within an epoch after which to evaluate mid-epoch (the epoch end always evaluates)."""
+    n = round(1 / every)
+    return {round(k * steps_per_epoch / n) for k in range(1, n)} - {0, steps_per_epoch}
+
+
+def max_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The lr the optimizer really uses this step (its largest group's: the head's, with discriminative lrs)."""
+    return max(group["lr"] for group in optimizer.param_groups)
+
+
+def evaluate(task: Task, optimizer, cfg: DictConfig, device: torch.device, splits: list[str]) -> dict:
+    task.model.eval()
+    metrics: dict[str, float] = {}
+    with torch.no_grad(), autocast(cfg, device), optim.evaluation_weights(optimizer):
+        for split in splits:
+            metrics |= task.evaluate(task.model, split)
+    return metrics
+
+
+def summary(task: Task, headway: Headway) -> dict:
+    """The run's numbers for its row: the last validation and test values of the recipe's metric."""
+    last = {k: v for row in headway.history for k, v in row.items()}  # each key's latest value
+    return {
+        "val_metric": last.get(f"val_{task.metric.name}", ""),
+        "test_metric": last.get(f"test_{task.metric.name}", ""),
+        "epochs_run": headway.history[-1]["epoch"] if headway.history else 0,
+        **headway.reached,
+    }
+
+
+def fit(
+    task: Task,
+    cfg: DictConfig,
+    run_dir: Path,
+    should_stop: Callable[[dict], bool] | None = None,
+    prior_wall_s: float = 0.0,
+) -> Outcome:
+    """Train `task` as cfg says, in run_dir (resuming from its checkpoint when cfg.resume).
+
+    `should_stop(row)` sees every evaluation and may end the run early as `pruned` (a search's pruner);
+    `prior_wall_s` is the wall time of the run's earlier segments, as far as the caller knows.
+    """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = next(task.model.parameters()).device
-    model = task.model
-    optimizer = build_optimizer(model, cfg, task.train_size)
-    schedule = build_schedule(optimizer, cfg, task.steps_per_epoch)
-    first_epoch, history = resume_state(task, optimizer, cfg, run_dir)
-    results.write_config(run_dir, cfg)
-    results.write_metrics(run_dir, history)
-    step = first_epoch * task.steps_per_epoch
-    with progress_bar(cfg.trainer.progress) as bar:
+    model, device = task.model, next(task.model.parameters()).device
+    saved = checkpoint.load(run_dir) if cfg.resume else None
+    if saved is not None and "headway" not in saved:
+        raise UsageError(f"{run_dir}'s checkpoint comes from an older adamrun and cannot resume; start anew")
+    headway = Headway(**saved["headway"]) if saved else Headway()
+    if saved:
+        model.load_state_dict(saved["model"])
+        checkpoint.restore_rng_states(saved["rng"])
+    segment_start, wall_before = time.perf_counter(), max(headway.wall_s, prior_wall_s)
+    target = parse_target(cfg.trainer.target) if cfg.trainer.target else None
+    mid_epoch = evaluation_points(task.steps_per_epoch, cfg.trainer.eval_every)
+
+    def evaluation(position: float, started: float, counted: int, loss_sum, optimizer) -> tuple[dict, str]:
+        """Evaluate, log the row, check the target and the stop rules: (row, status to stop with or '')."""
+        train_s, evaluated = time.perf_counter() - started, time.perf_counter()
+        metrics = evaluate(task, optimizer, cfg, device, [task.splits[0]])  # val, or test without a val split
+        row = {"epoch": round(position, 6), "step": headway.step, "train_loss": (loss_sum / counted).item(),
+               **metrics, "lr": max_lr(optimizer)}  # fmt: skip
+        status = "diverged" if not all(math.isfinite(v) for v in row.values()) else ""
+        if target is not None and not headway.reached and target.reached(row):
+            headway.reached = {"time_to_target_s": round(headway.seconds + time.perf_counter() - started, 3),
+                               "epochs_to_target": row["epoch"], "steps_to_target": headway.step}  # fmt: skip
+            row |= headway.reached
+            status = status or ("finished" if cfg.trainer.stop_at_target else "")
+        if not status and should_stop is not None and should_stop(row):
+            status = "pruned"
+        at_end = status == "finished" or (not status and position == cfg.trainer.epochs)
+        if at_end and "test" in task.splits and "test" not in row:
+            row |= evaluate(task, optimizer, cfg, device, ["test"])  # read once per run, at its end
+        row |= {
+            "train_s": train_s,
+            "eval_s": time.perf_counter() - evaluated,
+            f"{task.unit}_per_s": counted / train_s,
+        }
+        headway.history.append(row)
+        optim.observe(optimizer, row)
+        return row, status
+
+    def save(optimizer, phase: int) -> None:
+        headway.wall_s = wall_before + time.perf_counter() - segment_start
+        with signals.deferred():  # the checkpoint and its metrics, as one
+            checkpoint.save(run_dir, checkpoint_state(model, optimizer, phase, headway, cfg))
+            results.write_metrics(run_dir, headway.history)
+
+    def outcome(status: str) -> Outcome:
+        headway.wall_s = wall_before + time.perf_counter() - segment_start
+        return Outcome(status, headway.history, summary(task, headway), headway.wall_s)
+
+    def stop(status: str, optimizer, phase: int) -> Outcome:
+        """End early: at the target or pruned, the run's end state and metrics are kept; diverged, nothing."""
+        if status != "diverged":
+            save(optimizer, phase)
+        return outcome(status)
+
+    total_steps = cfg.trainer.epochs * task.steps_per_epoch
+    with progress_bar(cfg.trainer.progress, task.unit) as bar, signals.handled():
         bar_task = bar.add_task(
-            "train", total=schedule.total_steps, completed=step, loss=math.nan, lr=0.0, speed=0.0
+            "train", total=total_steps, completed=headway.step, loss=math.nan, lr=0.0, speed=0.0
         )
         try:
-            for epoch in range(first_epoch, cfg.trainer.epochs):
-                torch.manual_seed(epoch_seed(cfg.seed, epoch))  # dropout and any other global-RNG use
-                generator = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
-                model.train()
-                started, examples, loss_sum = time.perf_counter(), 0, torch.zeros((), device=device)
-                for batch in task.batches(generator):
-                    eta = schedule.apply(optimizer, step)
-                    with autocast(cfg, device):
-                        loss = task.loss(model, batch)
-                    loss.backward()
-                    if cfg.trainer.grad_clip is not None:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    if task.after_step is not None:
-                        task.after_step(step)
-                    step, examples, loss_sum = step + 1, examples + len(batch[0]), loss_sum + loss.detach()
-                    if step % cfg.trainer.log_every == 0:
-                        if not torch.isfinite(loss):  # synchronizes, so only every log_every steps
-                            return Outcome("diverged", history)
-                        speed = examples / (time.perf_counter() - started)
-                        bar.update(
-                            bar_task, completed=step, loss=loss.item(), lr=eta * cfg.optimizer.lr, speed=speed
-                        )
-                train_s = time.perf_counter() - started
-                train_loss = (loss_sum / task.steps_per_epoch).item()
-                if not math.isfinite(train_loss):
-                    return Outcome("diverged", history)
-                model.eval()
-                evaluated = time.perf_counter()
-                with torch.no_grad(), autocast(cfg, device):
-                    metrics = task.evaluate(model)
-                row = {"epoch": epoch + 1, "train_loss": train_loss, **metrics, "lr": eta * cfg.optimizer.lr}
-                row |= {
-                    "train_s": train_s,
-                    "eval_s": time.perf_counter() - evaluated,
-                    "examples_per_s": examples / train_s,
-                }
-                history.append(row)
-                checkpoint.save(run_dir, checkpoint_state(model, optimizer, step, epoch + 1, history, cfg))
-                results.append_metrics(run_dir, row)
-                bar.update(bar_task, completed=step)
-                bar.console.print(epoch_line(row))
+            for index, phase, end in phase_spans(task, cfg.trainer.epochs):
+                if headway.epoch >= end:
+                    continue
+                optimizer = optim.build_optimizer(model, cfg, task.train_size, phase.param_groups)
+                if saved and saved["phase"] == index:
+                    optimizer.load_state_dict(saved["optimizer"])
+                else:
+                    headway.phase_start = headway.step
+                schedule = build_schedule(optimizer, cfg, task.steps_per_epoch, phase.epochs)
+                for epoch in range(headway.epoch, end):
+                    torch.manual_seed(epoch_seed(cfg.seed, epoch))  # dropout and any other global-RNG use
+                    generator = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
+                    train_mode(model, phase)
+                    started, counted, batches, loss_sum = (
+                        time.perf_counter(),
+                        0,
+                        0,
+                        torch.zeros((), device=device),
+                    )
+                    state = task.init_state()
+                    for batch in task.batches(generator):
+                        schedule.apply(optimizer, headway.step - headway.phase_start, task.lr_scale(batch))
+                        with autocast(cfg, device):
+                            loss, state = task.loss(model, batch, state)
+                        loss.backward()
+                        if cfg.trainer.grad_clip is not None:
+                            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                        if task.after_step is not None:
+                            task.after_step(headway.step)
+                        state, count = detached(state), task.count(batch)
+                        headway.step, batches = headway.step + 1, batches + 1
+                        counted, loss_sum = counted + count, loss_sum + loss.detach() * count
+                        if headway.step % cfg.trainer.log_every == 0:
+                            if not torch.isfinite(loss):  # synchronizes, so only every log_every steps
+                                return outcome("diverged")
+                            speed = counted / (time.perf_counter() - started)
+                            bar.update(bar_task, completed=headway.step, loss=loss.item(), lr=max_lr(optimizer),
+                                       speed=speed)  # fmt: skip
+                        if batches in mid_epoch:
+                            row, status = evaluation(epoch + batches / task.steps_per_epoch, started, counted,
+                                                     loss_sum, optimizer)  # fmt: skip
+                            if status:
+                                return stop(status, optimizer, index)
+                            train_mode(model, phase)
+                    row, status = evaluation(epoch + 1, started, counted, loss_sum, optimizer)
+                    headway.epoch, headway.seconds = (
+                        epoch + 1,
+                        headway.seconds + time.perf_counter() - started,
+                    )
+                    if status:
+                        return stop(status, optimizer, index)
+                    save(optimizer, index)
+                    bar.update(bar_task, completed=headway.step)
+                    bar.console.print(epoch_line(row))
         except KeyboardInterrupt:
-            return Outcome("interrupted", history)
-    return Outcome("finished", history)
+            return outcome("interrupted")
+    return outcome("finished")
 
 
-def checkpoint_state(model, optimizer, step: int, epoch: int, history: list, cfg: DictConfig) -> dict:
+def train_mode(model: torch.nn.Module, phase: Phase) -> None:
+    model.train()
+    if phase.enter is not None:
+        phase.enter(model)  # e.g. a frozen body's BatchNorm back in eval mode
+
+
+def checkpoint_state(model, optimizer, phase: int, headway: Headway, cfg: DictConfig) -> dict:
     return {
         "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": {"name": cfg.schedule.name, "step": step},  # the schedule is a pure function of the step
-        "step": step,
-        "epoch": epoch,
+        "optimizer": optimizer.state_dict(),  # the current phase's
+        "phase": phase,
+        "scheduler": {
+            "name": cfg.schedule.name,
+            "step": headway.step - headway.phase_start,
+        },  # a pure function
+        "step": headway.step,
+        "epoch": headway.epoch,
+        "headway": asdict(headway),
         "rng": checkpoint.rng_states(),
-        "metrics": history,
+        "metrics": headway.history,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
 
 
 def epoch_line(row: dict) -> str:
-    shown = {k: v for k, v in row.items() if k not in ("epoch", "lr")}
-    return f"epoch {row['epoch']}: " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items())
+    shown = {k: v for k, v in row.items() if k not in ("epoch", "step", "lr")}
+    return f"epoch {row['epoch']:g}: " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items())
+
+
+# ------------------------------------------------------------------------------------------------ a run
+def train(cfg: DictConfig, should_stop: Callable[[dict], bool] | None = None) -> dict:
+    """One run of cfg.recipe: builds the task, fits it, and records the run's row (run.json, runs.csv).
+
+    A new run refuses a run_dir that holds anything; resume=true continues the run in run_dir under the
+    config it saved (re-validated), refuses overrides that would change it, and leaves a run that has ended
+    (finished, diverged, pruned) untouched. Nothing is written before the recipe has loaded its data, so a bad
+    input leaves no row and no folder.
+    """
+    cfg = resumed_config(cfg) if cfg.resume else with_absolute_paths(cfg)
+    run_dir, table = Path(cfg.run_dir), Path(cfg.results_dir) / "runs.csv"
+    record = results.read_run(run_dir) if cfg.resume else {}
+    if record.get("status") in results.TERMINAL:  # nothing left to do: the row stays as it is
+        return {k: v for k, v in record.items() if k != "segments"}
+    if not cfg.resume:
+        results.check_new_run_dir(run_dir)
+    if cfg.trainer.threads is not None:
+        torch.set_num_threads(cfg.trainer.threads)
+    task = recipe_module(cfg.recipe.name).build(cfg, resolve_device(cfg.trainer.device))
+    check_target(cfg, task)
+    prior_wall_s, started = float(record.get("wall_s") or 0.0), time.perf_counter()
+    segments = record.get("segments", 0) + 1
+    outcome = Outcome("failed")
+    with signals.handled():
+        try:
+            with signals.deferred():
+                run_dir.mkdir(parents=True, exist_ok=True)
+                if not cfg.resume:
+                    results.write_config(run_dir, cfg)
+                running = results.run_row(cfg, run_dir, "running", {}, prior_wall_s, task.metric)
+                record_row(table, run_dir, running, segments)
+            outcome = fit(task, cfg, run_dir, should_stop, prior_wall_s)
+        except KeyboardInterrupt:  # before fit's own handling began
+            outcome = Outcome("interrupted")
+        finally:
+            wall_s = outcome.wall_s or prior_wall_s + time.perf_counter() - started
+            row = results.run_row(cfg, run_dir, outcome.status, outcome.summary, wall_s, task.metric)
+            with signals.deferred():
+                record_row(table, run_dir, row, segments)
+    return row
+
+
+def record_row(table: Path, run_dir: Path, row: dict, segments: int) -> None:
+    """The row in the run's own run.json, then in the results_dir's runs.csv."""
+    results.write_run(run_dir, row | {"segments": segments})
+    results.upsert_row(table, row)
+
+
+def with_absolute_paths(cfg: DictConfig) -> DictConfig:
+    """results_dir and run_dir as absolute paths, so the saved config finds the same runs.csv from any folder."""
+    cfg = copy.deepcopy(cfg)
+    cfg.results_dir = str(Path(cfg.results_dir).expanduser().resolve())
+    run_dir = Path(cfg.run_dir).expanduser() if cfg.run_dir else results.new_run_dir(cfg)
+    cfg.run_dir = str(run_dir.resolve())
+    return cfg
+
+
+def check_target(cfg: DictConfig, task: Task) -> None:
+    if cfg.trainer.target is None:
+        return
+    key = parse_target(cfg.trainer.target).key
+    logged = [f"{split}_{name}" for split in task.splits for name in ("loss", task.metric.name)]
+    if key not in logged:
+        raise UsageError(
+            f"trainer.target names {key}, which this run does not log (it logs {', '.join(logged)}"
+            f"{'; set data.val_size to get a validation split' if 'val' not in task.splits else ''})"
+        )
 
 
 def resumed_config(cfg: DictConfig) -> DictConfig:
-    """resume=true continues the run in run_dir under the config it was started with (saved in the run)."""
-    if cfg.run_dir is None or not (Path(cfg.run_dir) / "config.yaml").exists():
-        raise UsageError("resume=true needs run_dir=<a run directory holding config.yaml>")
-    saved = OmegaConf.load(Path(cfg.run_dir) / "config.yaml")
-    overrides = {"resume": True, "run_dir": cfg.run_dir, "trainer": {"progress": cfg.trainer.progress}}
-    return OmegaConf.merge(saved, overrides)
-
-
-def train(cfg: DictConfig) -> dict:
-    """One run of cfg.recipe: builds the task, fits it, and records the run's row in results_dir/runs.csv."""
-    import importlib
-
-    if cfg.resume:
-        cfg = resumed_config(cfg)
-    run_dir = Path(cfg.run_dir) if cfg.run_dir else results.new_run_dir(cfg)
-    if cfg.trainer.threads is not None:
-        torch.set_num_threads(cfg.trainer.threads)
-    table = Path(cfg.results_dir) / "runs.csv"
-    started, outcome = time.perf_counter(), Outcome("failed")
+    """resume=true continues the run in run_dir under the config it was started with (saved in the run),
+    re-validated as a new config is; an override that would change it is refused, not silently ignored."""
+    if cfg.run_dir is None:
+        raise UsageError("resume=true needs run_dir=<the folder of the run to continue>")
+    run_dir = Path(cfg.run_dir).expanduser()
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        what = "does not exist" if not run_dir.exists() else "holds no run (no config.yaml)"
+        raise UsageError(f"resume=true needs run_dir=<a run's folder>; {run_dir} {what}")
     try:
-        recipe = importlib.import_module(f"recipes.{cfg.recipe.name}")
-        task = recipe.build(cfg, resolve_device(cfg.trainer.device))
-        results.upsert_row(table, results.run_row(cfg, run_dir, "running", [], 0.0))
-        outcome = fit(task, cfg, run_dir)
-    finally:
-        row = results.run_row(cfg, run_dir, outcome.status, outcome.metrics, time.perf_counter() - started)
-        if run_dir.exists():
-            results.upsert_row(table, row)
-    return row
+        saved = typed(OmegaConf.load(path))
+    except (OmegaConfBaseException, ValueError, UnicodeDecodeError) as err:
+        raise UsageError(
+            f"{path} is not a readable config ({type(err).__name__}); the run cannot resume"
+        ) from err
+    except UsageError as err:
+        raise UsageError(f"{path}: {err}") from err
+    refuse_changes(cfg, saved, run_dir)
+    for key in RUNTIME_KEYS[2:]:
+        OmegaConf.update(saved, key, OmegaConf.select(cfg, key))
+    saved.resume, saved.run_dir = True, str(run_dir.resolve())
+    return saved
+
+
+def refuse_changes(cfg: DictConfig, saved: DictConfig, run_dir: Path) -> None:
+    for override in OverridesParser.create().parse_overrides(list(cfg.overrides)):
+        key = override.key_or_group
+        if key in RUNTIME_KEYS:
+            continue
+        new, old = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
+        if new != old:
+            raise UsageError(
+                f"resume=true continues {run_dir} under its saved config, where {key} is "
+                f"{OmegaConf.to_yaml(old).strip() if isinstance(old, DictConfig) else old!r}; "
+                f"start a new run to change it"
+            )

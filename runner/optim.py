@@ -12,11 +12,14 @@ alpha is tuned. For L2 (decay in the gradient) both conventions add wd * theta t
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import torch
 from omegaconf import DictConfig
 
 from runner.config import DecayMode, Family, Impl
+from runner.recipe import ParamGroup, all_parameters
 
 
 class SGDW(torch.optim.SGD):
@@ -47,14 +50,78 @@ class SGDW(torch.optim.SGD):
         return loss
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
-    """Two groups: decayed weights, and biases and norm weights (any parameter of 1 dimension or fewer)."""
+class NTASGD(torch.optim.ASGD):
+    """Non-monotonically triggered ASGD (Merity et al. 2017, salesforce/awd-lstm-lm): plain SGD until the
+    validation loss has not improved on the best of all but the last `nonmono` checks, then averaged SGD.
+
+    It is torch.optim.ASGD throughout, with lambd = 0 (so its step size is the lr, as SGD's): before the
+    trigger t0 is infinite and the average just tracks the weights (mu = 1); at the trigger t0 becomes the
+    current step, so the average runs over every step since, as awd-lstm-lm's fresh ASGD(t0=0) does. The
+    validation history and t0 live in the parameter groups, so they are saved with the optimizer's state.
+    """
+
+    NEVER = math.inf  # t0 before the trigger
+
+    def __init__(self, params, lr: float, weight_decay: float, nonmono: int, **kwargs):
+        super().__init__(params, lr=lr, lambd=0.0, t0=self.NEVER, weight_decay=weight_decay, **kwargs)
+        for group in self.param_groups:
+            group.update(nonmono=nonmono, val_losses=[])
+
+    @property
+    def averaging(self) -> bool:
+        return self.param_groups[0]["t0"] != self.NEVER
+
+    def steps_taken(self) -> float:
+        states = [self.state[p] for g in self.param_groups for p in g["params"] if "step" in self.state[p]]
+        return float(states[0]["step"]) if states else 0.0
+
+    def observe(self, val_loss: float) -> None:
+        """One validation check: start averaging when it is worse than the best before the last nonmono."""
+        group = self.param_groups[0]
+        history, nonmono = group["val_losses"], group["nonmono"]
+        if not self.averaging and len(history) > nonmono and val_loss > min(history[:-nonmono]):
+            for g in self.param_groups:
+                g["t0"] = self.steps_taken()
+        history.append(val_loss)
+
+    @contextmanager
+    def averaged(self) -> Iterator[None]:
+        """The averaged weights in place of the current ones (for evaluation), then the current ones back."""
+        params = [p for g in self.param_groups for p in g["params"] if "ax" in self.state[p]]
+        swapped = [p.data.clone() for p in params]
+        for p in params:
+            p.data.copy_(self.state[p]["ax"])
+        try:
+            yield
+        finally:
+            for p, current in zip(params, swapped, strict=True):
+                p.data.copy_(current)
+
+
+def observe(optimizer: torch.optim.Optimizer, row: dict) -> None:
+    """Hand an evaluation to an optimizer that reacts to validation (NT-ASGD); others ignore it."""
+    if isinstance(optimizer, NTASGD) and "val_loss" in row:
+        optimizer.observe(row["val_loss"])
+
+
+def evaluation_weights(optimizer: torch.optim.Optimizer):
+    """The weights to evaluate: NT-ASGD's average once it averages, else the current ones."""
+    return optimizer.averaged() if isinstance(optimizer, NTASGD) and optimizer.averaging else nullcontext()
+
+
+def split_decay(group: ParamGroup, weight_decay: float, decay_norm_and_bias: bool, lr: float) -> list[dict]:
+    """torch param groups of one recipe group: decayed weights, then biases and norm weights (any parameter
+    of 1 dimension or fewer) and everything of a group that does not decay."""
     decay, no_decay = [], []
-    for param in model.parameters():
+    for param in group.params:
         if param.requires_grad:
-            (decay if decay_norm_and_bias or param.ndim > 1 else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [group for group in groups if group["params"]]
+            decays = group.decay and (decay_norm_and_bias or param.ndim > 1)
+            (decay if decays else no_decay).append(param)
+    groups = [
+        {"params": decay, "weight_decay": weight_decay, "lr": lr, "name": group.name},
+        {"params": no_decay, "weight_decay": 0.0, "lr": lr, "name": f"{group.name}/no_decay"},
+    ]
+    return [g for g in groups if g["params"]]
 
 
 def cycle_epochs(cfg: DictConfig) -> float:
@@ -62,8 +129,9 @@ def cycle_epochs(cfg: DictConfig) -> float:
     return cfg.schedule.t0_epochs if cfg.schedule.name == "warm_restarts" else cfg.trainer.epochs
 
 
-def torch_weight_decay(cfg: DictConfig, train_size: int | None = None) -> float:
-    """The coefficient torch.optim receives, from the configured value and its convention."""
+def torch_weight_decay(cfg: DictConfig, train_size: int | None = None, lr_mult: float = 1.0) -> float:
+    """The coefficient torch.optim receives, from the configured value and its convention; in paper mode it
+    depends on the group's own lr (optimizer.lr * lr_mult), so that every group shrinks by eta_t * lambda."""
     opt = cfg.optimizer
     wd = opt.weight_decay
     if opt.normalized_wd:  # lambda = lambda_norm * sqrt(b / (B * T)), Loshchilov & Hutter sec. 3
@@ -71,7 +139,7 @@ def torch_weight_decay(cfg: DictConfig, train_size: int | None = None) -> float:
             raise ValueError("normalized_wd needs the number of training examples (train_size)")
         wd *= math.sqrt(cfg.trainer.batch_size / (train_size * cycle_epochs(cfg)))
     if opt.decoupled and opt.decay_mode == DecayMode.paper:
-        wd /= opt.lr
+        wd /= opt.lr * lr_mult
     return wd
 
 
@@ -86,18 +154,31 @@ def implementation(impl: Impl) -> dict:
 
 
 def build_optimizer(
-    model: torch.nn.Module, cfg: DictConfig, train_size: int | None = None
+    model: torch.nn.Module,
+    cfg: DictConfig,
+    train_size: int | None = None,
+    groups: list[ParamGroup] | None = None,
 ) -> torch.optim.Optimizer:
-    """The optimizer that cfg.optimizer describes, over parameter groups of `model`.
+    """The optimizer that cfg.optimizer describes, over the recipe's parameter groups (default: all of the
+    model's parameters), each split into decayed weights and undecayed biases and norm weights.
 
     `train_size` (examples per epoch) is needed only for `optimizer.normalized_wd`.
     """
     opt = cfg.optimizer
-    groups = param_groups(model, torch_weight_decay(cfg, train_size), opt.decay_norm_and_bias)
+    torch_groups = [
+        g
+        for group in groups or all_parameters(model)
+        for g in split_decay(
+            group,
+            torch_weight_decay(cfg, train_size, group.lr_mult),
+            opt.decay_norm_and_bias,
+            opt.lr * group.lr_mult,
+        )
+    ]
     kwargs = implementation(opt.impl)
     if opt.family == Family.adam:
         return torch.optim.Adam(
-            groups,
+            torch_groups,
             lr=opt.lr,
             betas=tuple(opt.betas),
             eps=opt.eps,
@@ -105,5 +186,8 @@ def build_optimizer(
             decoupled_weight_decay=opt.decoupled,
             **kwargs,
         )
+    if opt.family == Family.nt_asgd:  # torch.optim.ASGD has no fused kernel
+        foreach = Impl(opt.impl) is not Impl.for_loop
+        return NTASGD(torch_groups, lr=opt.lr, weight_decay=0.0, nonmono=opt.nonmono, foreach=foreach)
     sgd = SGDW if opt.decoupled else torch.optim.SGD
-    return sgd(groups, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov, **kwargs)
+    return sgd(torch_groups, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov, **kwargs)

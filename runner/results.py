@@ -1,4 +1,10 @@
-"""Run directories and the runs table: a result is a row (config, git SHA, seed, metric)."""
+"""Run directories and the runs table: a result is a row (config, git SHA, seed, metric).
+
+A run directory holds config.yaml (the resolved config), run.json (identity, status and wall time over all of
+the run's segments), metrics.jsonl (one row per evaluation) and checkpoint.pt. Every file is written
+atomically: a temporary file beside it, then a rename, so a run killed at any moment leaves the old file or the
+new one, never half of one.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +21,21 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from runner.errors import UsageError
+
 REPO = Path(__file__).resolve().parents[1]
+RUN_FILES = (
+    "config.yaml",
+    "run.json",
+    "metrics.jsonl",
+    "checkpoint.pt",
+)  # any of these: the folder holds a run
 RUN_COLUMNS = [
-    "run_id", "status", "recipe", "data", "optimizer", "schedule", "lr", "weight_decay", "epochs", "seed",
-    "test_acc", "wall_s", "git_sha", "run_dir",
+    "run_id", "status", "recipe", "data", "model", "optimizer", "schedule", "lr", "weight_decay", "epochs",
+    "seed", "metric", "goal", "val_metric", "test_metric", "epochs_run", "time_to_target_s", "epochs_to_target",
+    "steps_to_target", "wall_s", "git_sha", "run_dir",
 ]  # fmt: skip
+TERMINAL = ("finished", "diverged", "pruned")  # a run in one of these states has nothing left to do
 
 
 def git_sha() -> str:
@@ -41,8 +57,44 @@ def git_sha() -> str:
     return sha + ("-dirty" if dirty else "")
 
 
+# ------------------------------------------------------------------------------------------ atomic files
+@contextmanager
+def replaced_atomically(path: Path) -> Iterator[Path]:
+    """Yield a temporary path to write; it replaces `path` only once the writing has finished (and is removed
+    if the writing fails). The name is unique per process, so concurrent writers never share one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with replaced_atomically(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: Path, value: Any) -> None:
+    """A JSON file, atomically (a sparsify stage counts as done when its file exists)."""
+    write_text(path, json.dumps(value, indent=2))
+
+
+def write_config(run_dir: Path, cfg: DictConfig) -> None:
+    write_text(Path(run_dir) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def write_metrics(run_dir: Path, rows: Iterable[dict]) -> None:
+    """Rewrite metrics.jsonl from the checkpointed history, so a resumed run never repeats an evaluation."""
+    write_text(Path(run_dir) / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+
+
+# ------------------------------------------------------------------------------------------ run identity
 def new_run_dir(cfg: DictConfig) -> Path:
-    choices = cfg.get("choices", {})
+    choices = cfg.get("choices") or {}
     stamp = time.strftime("%Y%m%d-%H%M%S")
     name = (
         f"{stamp}-{choices.get('data', 'data')}-{choices.get('optimizer', 'opt')}-s{cfg.seed}-{os.getpid()}"
@@ -50,37 +102,48 @@ def new_run_dir(cfg: DictConfig) -> Path:
     return Path(cfg.results_dir) / "runs" / name
 
 
-@contextmanager
-def replaced_atomically(path: Path) -> Iterator[Path]:
-    """Yield a temporary path to write; it replaces `path` only once the writing has finished."""
-    tmp = path.with_name(path.name + ".tmp")
-    yield tmp
-    os.replace(tmp, path)
+def run_id(run_dir: Path, results_dir: Path) -> str:
+    """The run's path relative to results_dir (absolute when it lies elsewhere): two run directories never
+    share it, even when their last folder names are equal (exp_a/seed0, exp_b/seed0)."""
+    run_dir, results_dir = Path(run_dir).resolve(), Path(results_dir).resolve()
+    return (
+        run_dir.relative_to(results_dir).as_posix() if run_dir.is_relative_to(results_dir) else str(run_dir)
+    )
 
 
-def write_json(path: Path, value: Any) -> None:
-    """Write a JSON file atomically: a killed run leaves the old file or the new one, never half of one
-    (a sparsify stage counts as done when its file exists)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with replaced_atomically(path) as tmp:
-        tmp.write_text(json.dumps(value, indent=2))
+def holds_run(folder: Path) -> bool:
+    return any((Path(folder) / name).exists() for name in RUN_FILES)
 
 
-def write_config(run_dir: Path, cfg: DictConfig) -> None:
-    (Path(run_dir) / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+def check_new_run_dir(run_dir: Path) -> None:
+    """A new run needs a folder of its own: missing, or empty. Never reuse one that holds anything."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"run_dir {run_dir} is a file; give a new folder")
+    if holds_run(run_dir):
+        raise UsageError(
+            f"run_dir {run_dir} already holds a run; continue it with resume=true run_dir={run_dir}, "
+            "or give a new folder"
+        )
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        raise UsageError(f"run_dir {run_dir} is not empty and holds no run; give a new or empty folder")
 
 
-def write_metrics(run_dir: Path, rows: Iterable[dict]) -> None:
-    """Rewrite metrics.jsonl from the checkpointed history, so a resumed run never repeats an epoch."""
-    with replaced_atomically(Path(run_dir) / "metrics.jsonl") as tmp:
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+def read_run(run_dir: Path) -> dict:
+    """run.json: {run_id, status, wall_s, segments}; an empty record for a run created before it existed."""
+    path = Path(run_dir) / "run.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"{path} is corrupt ({err}); the run cannot be resumed") from err
 
 
-def append_metrics(run_dir: Path, row: dict) -> None:
-    with open(Path(run_dir) / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(row) + "\n")
+def write_run(run_dir: Path, record: dict) -> None:
+    write_json(Path(run_dir) / "run.json", record)
 
 
+# ------------------------------------------------------------------------------------------ the runs table
 @contextmanager
 def locked(path: Path):
     """An exclusive lock beside `path`, so parallel sweep jobs update the table one at a time."""
@@ -91,66 +154,96 @@ def locked(path: Path):
 
 
 def upsert_row(table: Path, row: dict) -> None:
-    """Insert the run's row, or replace it when the run_id is already there (a resumed run)."""
+    """Insert the run's row, or replace the one with its run_id (a resumed run). Columns beyond RUN_COLUMNS
+    (a sweep trial's overrides) are kept, and added to the header when new."""
     with locked(table):
-        rows = read_rows(table)
-        rows = [r for r in rows if r["run_id"] != row["run_id"]] + [{k: row.get(k, "") for k in RUN_COLUMNS}]
+        rows = [r for r in read_rows(table) if r["run_id"] != row["run_id"]] + [row]
+        columns = RUN_COLUMNS + sorted({k for r in rows for k in r} - set(RUN_COLUMNS))
         with replaced_atomically(table) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=RUN_COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=columns, restval="")
             writer.writeheader()
             writer.writerows(rows)
 
 
 def read_rows(table: Path) -> list[dict]:
+    """The rows of a runs.csv; a missing table has none. A table that is not one is a one-line error."""
+    table = Path(table)
     if not table.exists():
         return []
-    with open(table, newline="") as f:
-        return list(csv.DictReader(f))
+    if not table.is_file():
+        raise UsageError(f"{table} is not a file")
+    try:
+        with open(table, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = reader.fieldnames or []
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise UsageError(f"{table} is not a runs table (not UTF-8 CSV: {err})") from err
+    missing = [column for column in ("run_id", "status") if column not in header]
+    if header and missing:
+        raise UsageError(f"{table} is not a runs table (no {missing[0]} column)")
+    return rows
 
 
-def run_row(cfg: DictConfig, run_dir: Path, status: str, metrics: list[dict], wall_s: float) -> dict:
-    choices = cfg.get("choices", {})
-    last = metrics[-1] if metrics else {}
+def runs_table(where: str | Path) -> list[dict]:
+    """The rows of a results folder's runs.csv, or of a runs.csv named directly; a wrong path is one line."""
+    path = Path(where).expanduser()
+    if not path.exists():
+        raise UsageError(f"{path} does not exist (give a results folder or a runs.csv)")
+    table = path / "runs.csv" if path.is_dir() else path
+    if not table.exists():
+        raise UsageError(f"{path} holds no runs.csv: no run has recorded a row there")
+    return read_rows(table)
+
+
+def run_row(
+    cfg: DictConfig, run_dir: Path, status: str, summary: dict, wall_s: float, metric: Any = None
+) -> dict:
+    """The run's row: its setting, the recipe's metric on validation and test, time to target, wall time."""
+    choices = cfg.get("choices") or {}
     return {
-        "run_id": Path(run_dir).name,
+        "run_id": run_id(run_dir, cfg.results_dir),
         "status": status,
         "recipe": cfg.recipe.name,
         "data": cfg.data.name,
+        "model": choices.get("model") or "",
         "optimizer": choices.get("optimizer", ""),
         "schedule": cfg.schedule.name,
         "lr": cfg.optimizer.lr,
         "weight_decay": cfg.optimizer.weight_decay,
         "epochs": cfg.trainer.epochs,
         "seed": cfg.seed,
-        "test_acc": last.get("test_acc", ""),
+        "metric": metric.name if metric else "",
+        "goal": metric.direction if metric else "",
+        **{key: summary.get(key, "") for key in RUN_COLUMNS if key in summary},
         "wall_s": round(wall_s, 1),
         "git_sha": git_sha(),
         "run_dir": str(run_dir),
     }
 
 
-SETTING = ["recipe", "data", "optimizer", "schedule", "lr", "weight_decay", "epochs"]
+SETTING = ["recipe", "data", "model", "optimizer", "schedule", "lr", "weight_decay", "epochs"]
 
 
-def summarize(results_dir: str) -> list[dict]:
-    """One row per setting over its finished runs: seeds, test accuracy mean ± std, mean wall time."""
+def summarize(rows: list[dict]) -> list[dict]:
+    """One row per setting over its finished runs: seeds, the test metric's mean ± std, mean wall time."""
     import pandas as pd
 
-    rows = read_rows(Path(results_dir) / "runs.csv")
-    finished = pd.DataFrame([r for r in rows if r["status"] == "finished"], columns=RUN_COLUMNS)
+    finished = pd.DataFrame([r for r in rows if r["status"] == "finished"]).reindex(columns=RUN_COLUMNS)
     if finished.empty:
         return []
-    finished["test_acc"] = finished["test_acc"].astype(float)
-    finished["wall_s"] = finished["wall_s"].astype(float)
-    grouped = finished.groupby(SETTING, sort=False)
+    finished = finished.fillna("")
+    finished["test_metric"] = pd.to_numeric(finished["test_metric"], errors="coerce")
+    finished["wall_s"] = pd.to_numeric(finished["wall_s"], errors="coerce")
+    grouped = finished.groupby([*SETTING, "metric"], sort=False)
     table = grouped.agg(
         seeds=("seed", "count"),
-        acc_mean=("test_acc", "mean"),
-        acc_std=("test_acc", "std"),
+        mean=("test_metric", "mean"),
+        std=("test_metric", "std"),
         wall_s=("wall_s", "mean"),
     ).reset_index()
-    table["test_acc"] = [
+    table["test"] = [
         f"{mean:.4f}" if seeds == 1 else f"{mean:.4f} ± {std:.4f}"
-        for mean, std, seeds in zip(table.acc_mean, table.acc_std, table.seeds, strict=True)
+        for mean, std, seeds in zip(table["mean"], table["std"], table.seeds, strict=True)
     ]
-    return table[[*SETTING, "seeds", "test_acc", "wall_s"]].to_dict("records")
+    return table[[*SETTING, "metric", "seeds", "test", "wall_s"]].to_dict("records")

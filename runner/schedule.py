@@ -109,11 +109,13 @@ class Schedule:
             return one_cycle(self.cfg, self.total_steps, step)[1]
         return None
 
-    def apply(self, optimizer: torch.optim.Optimizer, step: int) -> float:
-        """Set every group's lr (and cycled momentum) for `step`; returns eta_t."""
+    def apply(self, optimizer: torch.optim.Optimizer, step: int, scale: float = 1.0) -> float:
+        """Set every group's lr (its base lr times eta_t times the batch's `scale`) and the cycled momentum for
+        `step`; returns eta_t. Steps past the end (a recipe whose epochs vary in length) keep the last value."""
+        step = min(step, self.total_steps - 1)
         eta, momentum = self.multiplier(step), self.momentum(step)
         for group in optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * eta
+            group["lr"] = group["initial_lr"] * eta * scale
             if momentum is not None and self.momentum_is_beta1:
                 group["betas"] = (momentum, group["betas"][1])
             elif momentum is not None:
@@ -121,17 +123,19 @@ class Schedule:
         return eta
 
 
-def build_schedule(optimizer: torch.optim.Optimizer, cfg: DictConfig, steps_per_epoch: int) -> Schedule:
-    """The schedule cfg.schedule describes, over cfg.trainer.epochs; records each group's base lr."""
+def build_schedule(
+    optimizer: torch.optim.Optimizer, cfg: DictConfig, steps_per_epoch: int, epochs: int | None = None
+) -> Schedule:
+    """The schedule cfg.schedule describes, over `epochs` (default cfg.trainer.epochs: a phase of a run may be
+    shorter); records each group's base lr."""
     for group in optimizer.param_groups:
         group.setdefault("initial_lr", group["lr"])
-    beta2 = cfg.optimizer.betas[1]
     warmup_steps = cfg.schedule.warmup_steps
     if warmup_steps is None:  # compose() has checked that the Adam family is set (SGD has no beta2)
-        warmup_steps = 2.0 / (1.0 - beta2)
+        warmup_steps = 2.0 / (1.0 - cfg.optimizer.betas[1])
     return Schedule(
         cfg=cfg.schedule,
-        total_steps=cfg.trainer.epochs * steps_per_epoch,
+        total_steps=(epochs or cfg.trainer.epochs) * steps_per_epoch,
         steps_per_epoch=steps_per_epoch,
         warmup_steps=warmup_steps,
         momentum_is_beta1=cfg.optimizer.family == Family.adam,

@@ -16,7 +16,7 @@ from tests.conftest import write_cifar10, write_fashion_mnist
 
 def data_cfg(name: str, root: Path, **extra):
     return OmegaConf.create({"name": name, "root": str(root), "download": False, "train_limit": None,
-                             "test_limit": None, **extra})  # fmt: skip
+                             "test_limit": None, "val_size": 0, "val_seed": 0, **extra})  # fmt: skip
 
 
 def test_fashion_mnist_idx_files_load_exactly(tmp_path):

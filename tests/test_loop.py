@@ -47,7 +47,8 @@ def test_a_run_writes_its_directory_and_row(tiny_cfg, tmp_path):
     assert (
         saved["status"] == "finished" and saved["optimizer"] == "adamw" and saved["data"] == "fashion_mnist"
     )
-    assert float(saved["test_acc"]) == pytest.approx(metrics[-1]["test_acc"])
+    assert saved["metric"] == "acc" and saved["goal"] == "max"  # the recipe's metric, read as test_metric
+    assert float(saved["test_metric"]) == pytest.approx(metrics[-1]["test_acc"])
 
 
 def test_interrupted_and_resumed_run_is_bitwise_the_straight_run(tiny_cfg, tmp_path, monkeypatch):
@@ -78,7 +79,8 @@ def test_interrupted_and_resumed_run_is_bitwise_the_straight_run(tiny_cfg, tmp_p
     assert resumed["status"] == "finished"
     assert_same_run(Path(straight["run_dir"]), resumed_dir)
     rows = results.read_rows(tmp_path / "results" / "runs.csv")
-    assert [r["status"] for r in rows if r["run_id"] == "resumed"] == ["finished"]  # the row was updated
+    # the row was updated, not added to (the run's id: its folder, absolute here as it lies outside results/)
+    assert [r["status"] for r in rows if r["run_id"] == str(resumed_dir.resolve())] == ["finished"]
 
 
 def assert_same_run(a: Path, b: Path) -> None:
@@ -109,4 +111,4 @@ def test_sigkill_at_any_moment_then_resume_equals_the_straight_run(tmp_path, fmn
 def test_a_non_finite_loss_stops_the_run_as_diverged(tiny_cfg):
     row = train(tiny_cfg("optimizer=sgd", "optimizer.lr=1e30", "schedule=constant"))
     assert row["status"] == "diverged"
-    assert row["test_acc"] == ""  # no epoch finished
+    assert row["test_metric"] == ""  # no epoch finished

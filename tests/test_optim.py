@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from runner.config import compose
-from runner.optim import SGDW, build_optimizer, param_groups, torch_weight_decay
+from runner.optim import SGDW, build_optimizer, split_decay, torch_weight_decay
+from runner.recipe import ParamGroup
 
 IMPLS = ["fused", "foreach", "for_loop"]
 GRADS = [torch.tensor([0.5, -1.0, 2.0]), torch.tensor([-0.3, 0.2, 1.0]), torch.tensor([0.1, 0.1, -4.0])]
@@ -168,8 +169,9 @@ def test_normalized_weight_decay_follows_the_formula():
 
 def test_biases_and_norm_weights_get_no_decay_unless_asked():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2))
-    groups = param_groups(model, 0.1, decay_norm_and_bias=False)
+    everything = ParamGroup(list(model.parameters()))
+    groups = split_decay(everything, 0.1, decay_norm_and_bias=False, lr=1e-3)
     assert [g["weight_decay"] for g in groups] == [0.1, 0.0]
     assert {p.ndim for p in groups[0]["params"]} == {2, 4}
     assert len(groups[1]["params"]) == 4  # conv bias, BN weight and bias, linear bias
-    assert len(param_groups(model, 0.1, decay_norm_and_bias=True)) == 1
+    assert len(split_decay(everything, 0.1, decay_norm_and_bias=True, lr=1e-3)) == 1

@@ -22,6 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from runner import signals
 from runner.config import check
 from runner.errors import UsageError
 from runner.results import write_json
@@ -98,6 +99,9 @@ def train(
     from runner.sparsify.training import make_task
 
     outcome = fit(make_task(model, encoded, cfg, loss, after_step), cfg, out)
+    if outcome.status == "interrupted":
+        print(f"{out.name}: interrupted; continue with: adamrun sparsify-bert resume=true run_dir={run.dir}")
+        raise signals.Interrupted(signals.exit_code() - 128)
     if outcome.status != "finished":
         raise SystemExit(f"{out.name}: training {outcome.status}; rerun with resume=true run_dir={run.dir}")
     return outcome.metrics

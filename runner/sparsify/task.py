@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from runner.data import stratified_split
 from runner.errors import UsageError
 from runner.sparsify.schema import TaskKind
 
@@ -75,18 +76,6 @@ def read_glue(task_cfg: Any, split: str) -> tuple[list[tuple[str, ...]], list[in
 
 
 # ------------------------------------------------------------------------------------------------ splits
-def stratified_split(labels: np.ndarray, fractions: list[float], seed: int) -> list[np.ndarray]:
-    """Indices of each part: every label's examples shuffled (seeded) and cut at the cumulative fractions."""
-    rng = np.random.default_rng(seed)
-    parts: list[list[np.ndarray]] = [[] for _ in fractions]
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        cuts = np.round(np.cumsum(fractions)[:-1] * len(members)).astype(int)
-        for part, chunk in zip(parts, np.split(members, cuts), strict=True):
-            part.append(chunk)
-    return [np.sort(np.concatenate(part)) for part in parts]
-
-
 def limit(indices: np.ndarray, labels: np.ndarray, n: int | None, seed: int) -> np.ndarray:
     """At most n of the indices, keeping the label proportions (stratified)."""
     if n is None or n >= len(indices):

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from runner.recipe import Metric, Task
 from runner.sparsify import pruning, task
 from runner.sparsify.distill import distillation_loss
 from runner.sparsify.export import INPUTS
@@ -76,12 +77,14 @@ def scores(out: np.ndarray, labels: torch.Tensor, prefix: str) -> dict[str, floa
     return {f"{prefix}_loss": loss} | {f"{prefix}_{k}": v for k, v in found.items()}
 
 
+METRIC = Metric("accuracy", higher_is_better=True)  # scores() logs val_accuracy, test_accuracy
+
+
 def make_task(
     model: torch.nn.Module, encoded: dict[str, dict], cfg: Any, loss: Callable, after_step=None
-) -> Any:
-    """A runner.loop.Task over the encoded train split, evaluated on the validation split."""
-    from runner.loop import Task
-
+) -> Task:
+    """The fine-tuning (or pruning) run as a recipe's Task over the encoded train split, evaluated on the
+    validation split; its test split is read once, by the stage that saves the model."""
     train, batch_size = encoded["train"], cfg.trainer.batch_size
     size = len(train["labels"])
 
@@ -89,11 +92,21 @@ def make_task(
         order = torch.randperm(size, generator=generator)
         return map(as_tuple, task.batches(train, batch_size, order))
 
-    def evaluate(m: torch.nn.Module) -> dict[str, float]:
-        val = encoded["validation"]
-        return scores(predict(torch_forward(m), val, cfg.trainer.eval_batch_size), val["labels"], "val")
+    def stateless(
+        m: torch.nn.Module, batch: tuple[torch.Tensor, ...], state: None
+    ) -> tuple[torch.Tensor, None]:
+        return loss(m, batch), None
 
-    return Task(model, size, steps_per_epoch(encoded, cfg), batches, loss, evaluate, after_step)
+    def evaluate(m: torch.nn.Module, split: str) -> dict[str, float]:
+        held_out = encoded["validation"]
+        return scores(
+            predict(torch_forward(m), held_out, cfg.trainer.eval_batch_size), held_out["labels"], split
+        )
+
+    return Task(
+        model, size, steps_per_epoch(encoded, cfg), batches, stateless, evaluate, METRIC, ("val",),
+        after_step=after_step,
+    )  # fmt: skip
 
 
 def steps_per_epoch(encoded: dict[str, dict], cfg: Any) -> int:

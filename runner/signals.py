@@ -1,0 +1,69 @@
+"""Stop signals handled the way Ctrl-C is: SLURM preemption, submitit and Ray stop jobs with SIGTERM, a closed
+terminal sends SIGHUP. Each raises Interrupted where the program is, as Ctrl-C raises KeyboardInterrupt, except
+inside `deferred()` blocks (a checkpoint and its metrics, a row), which finish first, so what is on disk stays
+consistent. The exit code is 128 + the signal's number (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal: handled wherever Ctrl-C is (it is a KeyboardInterrupt), remembering which signal."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_pending: list[int] = []  # signals that arrived inside a deferred block
+_last = [signal.SIGINT]  # the stop signal handled most recently
+_deferring = threading.local()
+
+
+def exit_code() -> int:
+    """128 + the number of the stop signal handled most recently (130 for Ctrl-C)."""
+    return 128 + _last[0]
+
+
+def _handle(signum: int, frame) -> None:
+    _last[0] = signum
+    if getattr(_deferring, "depth", 0):
+        _pending.append(signum)
+        return
+    raise Interrupted(signum)
+
+
+@contextmanager
+def handled() -> Iterator[None]:
+    """SIGTERM/SIGHUP (and Ctrl-C, as ever) raise Interrupted inside this block; elsewhere, the old handlers.
+    Signal handlers can only be set in the main thread: in any other thread this changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _handle) for s in (*STOP_SIGNALS, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@contextmanager
+def deferred() -> Iterator[None]:
+    """A stop signal that arrives in here is raised when the block ends, not in the middle of it."""
+    _deferring.depth = getattr(_deferring, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _deferring.depth -= 1
+    if not _deferring.depth and _pending:
+        signum = _pending[0]
+        _pending.clear()
+        raise Interrupted(signum) from None
