@@ -24,6 +24,7 @@ from recipes import cifar10
 from runner.config import compose
 from runner.loop import fit
 from runner.optim import build_optimizer
+from runner.results import write_text
 
 LOOP_VARIANTS = {  # name: overrides of the recipe's defaults (bf16 autocast + channels_last + fused optimizer)
     "recipe loop (bf16 + channels_last + fused)": [],
@@ -157,9 +158,9 @@ def main(overrides: list[str]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     env = environment()
     steps = optimizer_step_times(cfg).assign(**env)
-    steps.to_csv(out / "optimizer_step.csv", index=False)
+    write_text(out / "optimizer_step.csv", steps.to_csv(index=False))
     print(steps.to_string(index=False), flush=True)
     throughput = training_throughput(cfg).assign(**env)
-    throughput.to_csv(out / "train_throughput.csv", index=False)
+    write_text(out / "train_throughput.csv", throughput.to_csv(index=False))
     print(throughput.to_string(index=False), flush=True)
     return out

@@ -374,7 +374,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "tra
     Raises UsageError with a one-line message for any mistake a user can make in the overrides.
     """
     register_schemas()
-    overrides = list(overrides)
+    overrides = quote_target(list(overrides))
     refuse_group_lists(overrides)
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -391,6 +391,17 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "tra
     with open_dict(cfg):
         cfg.choices = choices  # which option of each group was composed: names the run and its row
     return cfg
+
+
+def quote_target(overrides: list[str]) -> list[str]:
+    """trainer.target=val_acc>=0.93 as written: Hydra's override grammar needs the comparison quoted."""
+    key = "trainer.target="
+    return [
+        f"{key}'{o[len(key) :]}'"
+        if o.startswith(key) and re.search(r"[<>=]", o[len(key) :]) and "'" not in o
+        else o
+        for o in overrides
+    ]
 
 
 def refuse_group_lists(overrides: list[str]) -> None:
@@ -425,6 +436,10 @@ def typed(plain: DictConfig, top: type = TrainConfig) -> DictConfig:
     try:
         schemas = recipe_module(str(plain.recipe.name)).SCHEMAS
         base.schedule = OmegaConf.structured(SCHEDULES[str(plain.schedule.name)])
+        base.optimizer, base.trainer = (
+            OmegaConf.structured(OptimizerConfig),
+            OmegaConf.structured(TrainerConfig),
+        )
     except (OmegaConfBaseException, KeyError) as err:
         raise UsageError(f"the config names no valid recipe or schedule ({one_line(str(err))})") from err
     for key in ("data", "model"):
@@ -436,8 +451,8 @@ def typed(plain: DictConfig, top: type = TrainConfig) -> DictConfig:
         )
     for key, schema in schemas.items():
         setattr(base, key, OmegaConf.structured(schema))
-    try:
-        cfg = OmegaConf.merge(base, plain)
+    try:  # a plain container: Hydra's `+key` additions would otherwise bring their own, open, nodes along
+        cfg = OmegaConf.merge(base, OmegaConf.to_container(plain))
     except ConfigKeyError as err:
         raise UsageError(unknown_key(err, base)) from err
     except OmegaConfBaseException as err:

@@ -63,7 +63,9 @@ def replaced_atomically(path: Path) -> Iterator[Path]:
     """Yield a temporary path to write; it replaces `path` only once the writing has finished (and is removed
     if the writing fails). The name is unique per process, so concurrent writers never share one."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(
+        f".{path.stem}.{os.getpid()}.tmp{path.suffix}"
+    )  # the suffix tells libraries the format
     try:
         yield tmp
         os.replace(tmp, path)

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from runner.results import replaced_atomically
+
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -23,6 +25,12 @@ def export_onnx(model: torch.nn.Module, path: Path, export_cfg: Any, inputs: dic
     model.eval()
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq_len")
     axes = {name: {0: batch, 1: seq} for name in INPUTS}
+    with replaced_atomically(path) as tmp:
+        write_onnx(model, tmp, export_cfg, inputs, axes)
+    return path
+
+
+def write_onnx(model: torch.nn.Module, path: Path, export_cfg: Any, inputs: dict, axes: dict) -> None:
     torch.onnx.export(
         model,
         args=(),
@@ -36,7 +44,6 @@ def export_onnx(model: torch.nn.Module, path: Path, export_cfg: Any, inputs: dic
         dynamic_axes=None if export_cfg.dynamo else {n: {0: "batch", 1: "seq_len"} for n in INPUTS},
         external_data=False,
     )
-    return path
 
 
 def quantize_onnx(source: Path, target: Path, export_cfg: Any) -> Path:
@@ -44,13 +51,14 @@ def quantize_onnx(source: Path, target: Path, export_cfg: Any) -> Path:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    quantize_dynamic(
-        source,
-        target,
-        weight_type=QuantType.QInt8,
-        per_channel=export_cfg.per_channel,
-        reduce_range=export_cfg.reduce_range,
-    )
+    with replaced_atomically(target) as tmp:
+        quantize_dynamic(
+            source,
+            tmp,
+            weight_type=QuantType.QInt8,
+            per_channel=export_cfg.per_channel,
+            reduce_range=export_cfg.reduce_range,
+        )
     return target
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.metadata
+from pathlib import Path
 from typing import Any
 
+from runner import network
 from runner.errors import UsageError
 
 
@@ -17,6 +19,8 @@ def source(model_cfg: Any) -> str:
 
 def pretrained(loader: Any, model_cfg: Any, **kwargs: Any) -> Any:
     where = source(model_cfg)
+    if model_cfg.package is None and not Path(where).expanduser().exists():
+        network.require_hub(f"model.name_or_path '{where}'")
     try:  # a packaged model never touches the network
         return loader.from_pretrained(where, local_files_only=model_cfg.package is not None, **kwargs)
     except OSError as err:

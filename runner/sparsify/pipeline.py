@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from runner import signals
 from runner.config import check
 from runner.errors import UsageError
-from runner.results import write_json
+from runner.results import write_json, write_text
 
 STAGES = ("finetune", "prune", "quantize", "bench", "report")
 DONE = "metrics.json"  # written last by a training stage: its presence means the stage finished
@@ -207,11 +207,16 @@ STAGE_FUNCTIONS = {
 
 # ------------------------------------------------------------------------------------------ entry point
 def resolve_run_dir(cfg: DictConfig) -> Path:
+    stage = str(cfg.stage)
     if cfg.run_dir is not None:
         path = Path(cfg.run_dir)
-        if str(cfg.stage) != "all" and not path.is_dir():
-            raise UsageError(f"run_dir '{path}' does not exist (stage={cfg.stage} re-uses a finished run)")
+        if stage != "all" and not path.is_dir():
+            raise UsageError(f"run_dir '{path}' does not exist (stage={stage} re-uses a finished run)")
         return path
+    if stage not in ("all", "finetune"):
+        raise UsageError(
+            f"stage={stage} re-uses the earlier stages of a run: give run_dir=results/sparsify/<id>"
+        )
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path(cfg.results_dir) / "sparsify" / f"{stamp}-{cfg.model.name}-{cfg.task.name}"
 
@@ -248,11 +253,12 @@ def run(cfg: DictConfig) -> Path:
     if "prune" in selected(stage):
         check_depths(cfg)
     run_dir = resolve_run_dir(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / f"config-{stage}.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    with open(run_dir / reporting.COMMANDS, "a") as f:
-        f.write(reporting.command() + "\n")
     current = Run(cfg, run_dir)
+    if {"finetune", "prune", "quantize"} & set(selected(stage)):
+        current.data()  # a missing or unreachable dataset stops here, before anything is written
+    write_text(run_dir / f"config-{stage}.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    commands = run_dir / reporting.COMMANDS
+    write_text(commands, (commands.read_text() if commands.exists() else "") + reporting.command() + "\n")
     for name in selected(stage):
         STAGE_FUNCTIONS[name](current, forced=stage == name)
     return run_dir

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from runner.results import replaced_atomically, write_text
+
 COLUMNS = [
     "variant", "sparsity", "structured", "layers", "precision", "engine", "accuracy", "accuracy_drop", "params",
     "nonzero_params", "file_mb", "batch", "seq_len", "threads", "latency_p50_ms", "latency_p90_ms",
@@ -54,7 +56,7 @@ def comparison(rows: list[dict], timings: list[dict]) -> list[dict]:
 
 
 def write_csv(path: Path, table: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
+    with replaced_atomically(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(table)
@@ -153,7 +155,8 @@ def plot(path: Path, headline: list[dict], point: list[int]) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    with replaced_atomically(path) as tmp:
+        fig.savefig(tmp, dpi=130)
     plt.close(fig)
 
 
@@ -259,5 +262,5 @@ def write(cfg: Any, run_dir: Path) -> None:
         environment_lines(load(run_dir, "bench/environment.json")),
         "",
     ]
-    (run_dir / "report.md").write_text("\n".join(text))
+    write_text(run_dir / "report.md", "\n".join(text))
     print_table(headline)

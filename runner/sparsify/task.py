@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from runner import network
 from runner.data import stratified_split
 from runner.errors import UsageError
 from runner.sparsify.schema import TaskKind
@@ -54,9 +55,15 @@ def data_file(task_cfg: Any) -> Path:
 
 def read_wiki(task_cfg: Any) -> tuple[list[tuple[str, ...]], list[str]]:
     """Texts and string labels, sorted by article title, without the dropped labels."""
-    articles = json.loads(data_file(task_cfg).read_text(encoding="utf-8"))
-    keep = [key for key in sorted(articles) if articles[key][task_cfg.label_key] not in task_cfg.drop_labels]
-    texts = [tuple(articles[key][field] for field in task_cfg.text_keys) for key in keep]
+    path = data_file(task_cfg)
+    try:
+        articles = json.loads(path.read_text(encoding="utf-8"))
+        keep = [
+            key for key in sorted(articles) if articles[key][task_cfg.label_key] not in task_cfg.drop_labels
+        ]
+        texts = [tuple(articles[key][field] for field in task_cfg.text_keys) for key in keep]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise UsageError(f"{path} is not a JSON object of articles ({type(err).__name__}: {err})") from err
     return texts, [articles[key][task_cfg.label_key] for key in keep]
 
 
@@ -64,6 +71,8 @@ def read_glue(task_cfg: Any, split: str) -> tuple[list[tuple[str, ...]], list[in
     """One split of a GLUE config from the Hub (downloaded once, then cached) or a local copy of its files."""
     import datasets  # only the GLUE tasks need it
 
+    if not Path(task_cfg.dataset).expanduser().exists():
+        network.require_hub(f"task.dataset '{task_cfg.dataset}'")
     try:
         rows = datasets.load_dataset(task_cfg.dataset, task_cfg.glue_name, split=split)
     except (FileNotFoundError, ValueError, ConnectionError) as err:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from runner.recipe import Metric, Task
+from runner.results import replaced_atomically, write_json, write_text
 from runner.sparsify import pruning, task
 from runner.sparsify.distill import distillation_loss
 from runner.sparsify.export import INPUTS
@@ -116,10 +117,10 @@ def steps_per_epoch(encoded: dict[str, dict], cfg: Any) -> int:
 # ------------------------------------------------------------------------------------------- saved models
 def save_model(model: torch.nn.Module, folder: Path) -> None:
     """Weights, the Hugging Face config and the per-layer structure (heads, FFN neurons) of a variant."""
-    folder.mkdir(parents=True, exist_ok=True)
-    model.config.save_pretrained(folder)
-    (folder / "structure.json").write_text(json.dumps(pruning.structure(model)))
-    torch.save(model.state_dict(), folder / "model.pt")
+    write_text(folder / "config.json", model.config.to_json_string())  # what save_pretrained writes
+    write_json(folder / "structure.json", pruning.structure(model))
+    with replaced_atomically(folder / "model.pt") as tmp:
+        torch.save(model.state_dict(), tmp)
 
 
 def load_saved(folder: Path) -> torch.nn.Module:
