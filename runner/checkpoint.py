@@ -45,9 +45,12 @@ def load(run_dir: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:  # our own file: it holds the config too
-        return torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
         raise UsageError(
             f"{path} is corrupt ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
             "delete it to restart the run from scratch, or start a new run"
         ) from err
+    if not isinstance(state, dict) or "headway" not in state:
+        raise UsageError(f"{path} is not a checkpoint of this adamrun (an older version's?); start a new run")
+    return state

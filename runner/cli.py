@@ -163,6 +163,13 @@ def main() -> None:
             raise
         err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
         sys.exit(2)
+    except OSError as err:  # a folder that cannot be written, a disk that is full: the path and the reason
+        if "--debug" in sys.argv or not err.filename:
+            raise
+        err_console.print(
+            f"error: {err.filename}: {err.strerror}", markup=False, highlight=False, soft_wrap=True
+        )
+        sys.exit(2)
     except click.ClickException as err:  # a bad command or option: click's own one-line usage error
         err.show()
         sys.exit(err.exit_code)

@@ -462,12 +462,12 @@ def typed(plain: DictConfig, top: type = TrainConfig) -> DictConfig:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Instantiate the dataclasses, which runs each schema's range checks (__post_init__)."""
+    """Every number finite, then the dataclasses instantiated, which runs each schema's range checks."""
     try:
+        check_finite(cfg)
         OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:
         raise UsageError(one_line(str(err))) from err
-    check_finite(cfg)
     if "schedule" in cfg and "optimizer" in cfg:
         untuned = cfg.schedule.warmup != Warmup.none and cfg.schedule.warmup_steps is None
         check(

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -163,8 +164,9 @@ def fit(
     run_dir: Path,
     should_stop: Callable[[dict], bool] | None = None,
     prior_wall_s: float = 0.0,
+    saved: dict | None = None,
 ) -> Outcome:
-    """Train `task` as cfg says, in run_dir (resuming from its checkpoint when cfg.resume).
+    """Train `task` as cfg says, in run_dir, from the checkpoint `saved` (checkpoint.load) when resuming.
 
     `should_stop(row)` sees every evaluation and may end the run early as `pruned` (a search's pruner);
     `prior_wall_s` is the wall time of the run's earlier segments, as far as the caller knows.
@@ -172,9 +174,6 @@ def fit(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     model, device = task.model, next(task.model.parameters()).device
-    saved = checkpoint.load(run_dir) if cfg.resume else None
-    if saved is not None and "headway" not in saved:
-        raise UsageError(f"{run_dir}'s checkpoint comes from an older adamrun and cannot resume; start anew")
     headway = Headway(**saved["headway"]) if saved else Headway()
     if saved:
         model.load_state_dict(saved["model"])
@@ -339,6 +338,7 @@ def train(cfg: DictConfig, should_stop: Callable[[dict], bool] | None = None) ->
         results.check_new_run_dir(run_dir)
     if cfg.trainer.threads is not None:
         torch.set_num_threads(cfg.trainer.threads)
+    saved = checkpoint.load(run_dir) if cfg.resume else None  # a corrupt one stops here, changing nothing
     task = recipe_module(cfg.recipe.name).build(cfg, resolve_device(cfg.trainer.device))
     check_target(cfg, task)
     prior_wall_s, started = float(record.get("wall_s") or 0.0), time.perf_counter()
@@ -352,7 +352,7 @@ def train(cfg: DictConfig, should_stop: Callable[[dict], bool] | None = None) ->
                     results.write_config(run_dir, cfg)
                 running = results.run_row(cfg, run_dir, "running", {}, prior_wall_s, task.metric)
                 record_row(table, run_dir, running, segments)
-            outcome = fit(task, cfg, run_dir, should_stop, prior_wall_s)
+            outcome = fit(task, cfg, run_dir, should_stop, prior_wall_s, saved)
         except KeyboardInterrupt:  # before fit's own handling began
             outcome = Outcome("interrupted")
         finally:
@@ -402,28 +402,31 @@ def resumed_config(cfg: DictConfig) -> DictConfig:
         raise UsageError(f"resume=true needs run_dir=<a run's folder>; {run_dir} {what}")
     try:
         saved = typed(OmegaConf.load(path))
-    except (OmegaConfBaseException, ValueError, UnicodeDecodeError) as err:
+    except (OmegaConfBaseException, yaml.YAMLError, ValueError, UnicodeDecodeError) as err:
         raise UsageError(
             f"{path} is not a readable config ({type(err).__name__}); the run cannot resume"
         ) from err
     except UsageError as err:
         raise UsageError(f"{path}: {err}") from err
-    refuse_changes(cfg, saved, run_dir)
-    for key in RUNTIME_KEYS[2:]:
-        OmegaConf.update(saved, key, OmegaConf.select(cfg, key))
+    for key in overridden(cfg):
+        if key in RUNTIME_KEYS:  # given again on the resume's command line: they may change
+            OmegaConf.update(saved, key, OmegaConf.select(cfg, key))
+        else:
+            refuse_change(cfg, saved, key, run_dir)
     saved.resume, saved.run_dir = True, str(run_dir.resolve())
     return saved
 
 
-def refuse_changes(cfg: DictConfig, saved: DictConfig, run_dir: Path) -> None:
-    for override in OverridesParser.create().parse_overrides(list(cfg.overrides)):
-        key = override.key_or_group
-        if key in RUNTIME_KEYS:
-            continue
-        new, old = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
-        if new != old:
-            raise UsageError(
-                f"resume=true continues {run_dir} under its saved config, where {key} is "
-                f"{OmegaConf.to_yaml(old).strip() if isinstance(old, DictConfig) else old!r}; "
-                f"start a new run to change it"
-            )
+def overridden(cfg: DictConfig) -> list[str]:
+    """The keys (or groups) the command line set."""
+    return [o.key_or_group for o in OverridesParser.create().parse_overrides(list(cfg.overrides))]
+
+
+def refuse_change(cfg: DictConfig, saved: DictConfig, key: str, run_dir: Path) -> None:
+    new, old = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
+    if new != old:
+        was = (saved.choices or {}).get(key, "another option") if isinstance(old, DictConfig) else repr(old)
+        raise UsageError(
+            f"resume=true continues {run_dir} under its saved config, where {key} is {was}; "
+            "start a new run to change it"
+        )

@@ -22,7 +22,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner import signals
+from runner import checkpoint, signals
 from runner.config import check
 from runner.errors import UsageError
 from runner.results import write_json, write_text
@@ -98,7 +98,8 @@ def train(
     from runner.loop import fit
     from runner.sparsify.training import make_task
 
-    outcome = fit(make_task(model, encoded, cfg, loss, after_step), cfg, out)
+    saved = checkpoint.load(out) if cfg.resume else None
+    outcome = fit(make_task(model, encoded, cfg, loss, after_step), cfg, out, saved=saved)
     if outcome.status == "interrupted":
         print(f"{out.name}: interrupted; continue with: adamrun sparsify-bert resume=true run_dir={run.dir}")
         raise signals.Interrupted(signals.exit_code() - 128)
