@@ -351,7 +351,40 @@ class BenchTrainConfig(TrainConfig):
     bench: BenchSettings = MISSING
 
 
-TRAIN_SCHEMAS = {"train": TrainConfig, "bench_train": BenchTrainConfig}  # configs that run a recipe
+class SuggestRule(StrEnum):
+    valley = "valley"  # fastai's default since 2.4: the middle of the longest stretch where the loss falls
+    steepest = "steepest"  # fastai's first rule: where the smoothed loss falls fastest (minimum gradient)
+    minimum = "minimum"  # Smith's rule of thumb: the lr of the lowest smoothed loss, divided by 10
+
+
+@dataclass
+class LRFindSettings:
+    start_lr: float = MISSING  # first lr of the exponential ramp
+    end_lr: float = MISSING  # last lr of the ramp (the test stops earlier when the loss diverges)
+    steps: int = MISSING  # optimizer steps of the ramp
+    smoothing: float = MISSING  # beta of the bias-corrected exponential moving average of the loss
+    diverge: float = MISSING  # stop once the smoothed loss exceeds this multiple of its minimum
+    rule: SuggestRule = MISSING  # which suggestion is printed and used by optimizer.lr=find
+    out_dir: str = MISSING  # lr_find.png and lr_find.csv land here
+
+    def __post_init__(self) -> None:
+        check(0 < self.start_lr < self.end_lr, "lr_find.start_lr/end_lr", "must satisfy 0 < start < end",
+              (self.start_lr, self.end_lr))  # fmt: skip
+        check(self.steps >= 10, "lr_find.steps", "must be >= 10", self.steps)
+        check(0 <= self.smoothing < 1, "lr_find.smoothing", "must be in [0, 1)", self.smoothing)
+        check(self.diverge > 1, "lr_find.diverge", "must be > 1", self.diverge)
+
+
+@dataclass
+class LRFindConfig(TrainConfig):
+    lr_find: LRFindSettings = MISSING
+
+
+TRAIN_SCHEMAS = {
+    "train": TrainConfig,
+    "bench_train": BenchTrainConfig,
+    "lr_find": LRFindConfig,
+}  # run a recipe
 
 
 def register_schemas() -> None:
