@@ -37,7 +37,7 @@ lint: install
 
 # The whole suite, slow tests included (about 1 minute); `pytest -m "not slow"` for a quick loop.
 # pytest exits 5 when it collects nothing: for this project that means the suite is broken, so say so.
-test: lint
+test: data lint
 	$(PY) -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken"; fi; exit $$rc
 

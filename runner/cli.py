@@ -60,6 +60,57 @@ def train(overrides: Overrides = None, debug: Debug = False) -> None:
     raise typer.Exit(EXIT_CODES[row["status"]])
 
 
+SWEEP_EXAMPLES = """
+Examples:
+
+  adamrun sweep sweep=lr_wd_grid data=fashion_mnist
+
+  adamrun sweep sweep=lr_wd_grid 'optimizer.lr=1e-3,3e-3' 'optimizer.weight_decay=0,0.1' data.train_limit=5000
+
+  adamrun sweep sweep=lr_wd_grid hydra/launcher=joblib hydra.launcher.n_jobs=2 trainer.threads=1
+
+  adamrun sweep sweep=lr_wd_grid hydra/launcher=submitit_local
+
+  adamrun sweep sweep=lr_wd_grid hydra/launcher=ray
+
+  adamrun sweep sweep=lr_wd_grid resume=true
+"""
+
+
+@app.command(epilog=SWEEP_EXAMPLES)
+def sweep(overrides: Overrides = None, debug: Debug = False) -> None:
+    """A grid of runs through Hydra's multirun and launchers: one run per trial, tables and plots."""
+    from runner import sweep as sweeps
+
+    planned = sweeps.plan(overrides or [])
+    console.print(f"sweep {planned.name}: {planned.trials} trials in {planned.dir}")
+    done = sweeps.run(planned, echo=lambda line: console.print(line, markup=False, highlight=False))
+    show_report(done.dir)
+
+
+TUNE_EXAMPLES = """
+Examples:
+
+  adamrun tune tune=adamw_lr_wd trials=24 data=fashion_mnist
+
+  adamrun tune tune=adamw_lr_wd trials=24 tune.pruner=successive_halving
+
+  adamrun tune tune=adamw_lr_wd trials=24 sweep_dir=results/sweeps/my_search   # again: resumes, or joins
+"""
+
+
+@app.command(epilog=TUNE_EXAMPLES)
+def tune(overrides: Overrides = None, debug: Debug = False) -> None:
+    """A search on Optuna: resumable, shareable between processes, hopeless trials pruned early."""
+    from runner import tune as searches
+
+    search = searches.plan(overrides or [])
+    console.print(f"search {search.name}: {search.cfg.tune.trials} trials in {search.dir}")
+    counts = searches.run(search, echo=lambda line: console.print(line, markup=False, highlight=False))
+    console.print("trials: " + ", ".join(f"{state} {n}" for state, n in sorted(counts.items())))
+    show_report(search.dir)
+
+
 @config_app.command("show")
 def config_show(overrides: Overrides = None, debug: Debug = False) -> None:
     """Print the composed, validated config as YAML (e.g. adamrun config show recipe=cifar10)."""
@@ -120,6 +171,12 @@ def sparsify_bert(overrides: Overrides = None, debug: Debug = False) -> None:
     run_dir = run(cfg)
     wrote_report = "report" in selected(str(cfg.stage))
     console.print(f"report: {run_dir / 'report.md'}" if wrote_report else f"run directory: {run_dir}")
+
+
+def show_report(folder) -> None:
+    from runner.results import runs_table, summarize
+
+    show_rows(summarize(runs_table(folder)), title=f"{folder} (mean ± std over seeds)")
 
 
 def show_rows(rows: list[dict], title: str) -> None:

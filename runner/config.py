@@ -316,7 +316,64 @@ class DataConfig:
         check(self.val_size >= 0, "data.val_size", "must be >= 0", self.val_size)
 
 
+# ---------------------------------------------------------------------------------------------- searches
+class Direction(StrEnum):
+    maximize = "maximize"  # accuracy
+    minimize = "minimize"  # perplexity, loss
+
+
+class Pruner(StrEnum):
+    median = (
+        "median"  # stop a trial whose validation is worse than the median of earlier trials at that point
+    )
+    successive_halving = "successive_halving"  # asynchronous successive halving (ASHA's rungs)
+    none = "none"
+
+
+@dataclass
+class SearchParam:
+    low: float | None = None  # a number in [low, high] ...
+    high: float | None = None
+    log: bool = False  # ... drawn on a log scale
+    choices: list[Any] | None = None  # or one of these (a config group's options, or values)
+
+
+@dataclass
+class TuneSettings:
+    name: str = MISSING
+    trials: int = MISSING  # finished trials the study needs (pruned ones count)
+    direction: Direction = MISSING  # of the recipe's validation metric
+    space: dict[str, SearchParam] = MISSING  # config key -> its range or choices
+    pruner: Pruner = MISSING
+    startup_trials: int = MISSING  # trials that run to the end before the pruner may stop any
+    warmup_evals: int = MISSING  # evaluations of a trial before the pruner may stop it
+    heartbeat_s: int = MISSING  # a running trial writes a heartbeat this often ...
+    grace_s: int = MISSING  # ... and counts as dead (to be retried) after this long without one
+    seed: int | None = MISSING  # TPE sampler seed; null: a fresh one per process (a fixed seed would repeat
+    # the same parameters after a restart and across parallel workers)
+
+    def __post_init__(self) -> None:
+        check(self.trials > 0, "tune.trials", "must be > 0", self.trials)
+        check(self.heartbeat_s > 0 and self.grace_s > self.heartbeat_s, "tune.heartbeat_s/grace_s",
+              "must satisfy 0 < heartbeat_s < grace_s", (self.heartbeat_s, self.grace_s))  # fmt: skip
+        for key, param in self.space.items():
+            ranged = param.low is not None and param.high is not None and param.low < param.high
+            check(ranged != (param.choices is not None), f"tune.space.{key}",
+                  "needs low < high, or choices (not both)", param)  # fmt: skip
+            check(
+                not (param.log and ranged and param.low <= 0),
+                f"tune.space.{key}.low",
+                "must be > 0 with log",
+                param.low,
+            )
+
+
 # ---------------------------------------------------------------------------------------------- top level
+class Logger(StrEnum):
+    none = "none"
+    tensorboard = "tensorboard"  # event files in each run's folder: tensorboard --logdir <results or sweep>
+
+
 @dataclass
 class TrainConfig:
     recipe: Any = MISSING  # the recipe's own schema (recipes/<name>.py SCHEMAS)
@@ -329,6 +386,8 @@ class TrainConfig:
     run_dir: str | None = MISSING  # null: a fresh directory under results_dir/runs
     resume: bool = MISSING
     results_dir: str = MISSING
+    logger: Logger = Logger.none
+    tune: TuneSettings | None = None  # a search's settings (adamrun tune: conf/tune/)
     choices: Any = None  # which option of each group was composed (filled by compose)
     overrides: list[str] = field(default_factory=list)  # the command line's overrides (filled by compose)
 

@@ -39,7 +39,7 @@ from rich.progress import (
 )
 
 from runner import checkpoint, optim, results, signals
-from runner.config import Precision, parse_target, recipe_module, typed
+from runner.config import Logger, Precision, parse_target, recipe_module, typed
 from runner.errors import UsageError
 from runner.recipe import Phase, Task
 from runner.schedule import build_schedule
@@ -181,6 +181,7 @@ def fit(
     segment_start, wall_before = time.perf_counter(), max(headway.wall_s, prior_wall_s)
     target = parse_target(cfg.trainer.target) if cfg.trainer.target else None
     mid_epoch = evaluation_points(task.steps_per_epoch, cfg.trainer.eval_every)
+    board = tensorboard(run_dir, headway.step) if cfg.logger == Logger.tensorboard else None
 
     def evaluation(position: float, started: float, counted: int, loss_sum, optimizer) -> tuple[dict, str]:
         """Evaluate, log the row, check the target and the stop rules: (row, status to stop with or '')."""
@@ -205,6 +206,9 @@ def fit(
             f"{task.unit}_per_s": counted / train_s,
         }
         headway.history.append(row)
+        if board is not None:
+            for key, value in row.items():
+                board.add_scalar(key, value, row["step"])
         optim.observe(optimizer, row)
         return row, status
 
@@ -215,6 +219,8 @@ def fit(
             results.write_metrics(run_dir, headway.history)
 
     def outcome(status: str) -> Outcome:
+        if board is not None:
+            board.close()
         headway.wall_s = wall_before + time.perf_counter() - segment_start
         return Outcome(status, headway.history, summary(task, headway), headway.wall_s)
 
@@ -285,10 +291,22 @@ def fit(
                         return stop(status, optimizer, index)
                     save(optimizer, index)
                     bar.update(bar_task, completed=headway.step)
-                    bar.console.print(epoch_line(row))
+                    if cfg.trainer.progress:
+                        bar.console.print(epoch_line(row))
         except KeyboardInterrupt:
             return outcome("interrupted")
     return outcome("finished")
+
+
+def tensorboard(run_dir: Path, step: int):
+    """An event-file writer in the run's folder; events after `step` (replayed after a resume) are purged."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as err:
+        raise UsageError(
+            "logger=tensorboard needs the tensorboard package: pip install 'adamrun[tensorboard]'"
+        ) from err
+    return SummaryWriter(str(run_dir), purge_step=step or None, flush_secs=10)
 
 
 def train_mode(model: torch.nn.Module, phase: Phase) -> None:
@@ -321,14 +339,17 @@ def epoch_line(row: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ a run
-def train(cfg: DictConfig, should_stop: Callable[[dict], bool] | None = None) -> dict:
+def train(
+    cfg: DictConfig, should_stop: Callable[[dict], bool] | None = None, labels: dict | None = None
+) -> dict:
     """One run of cfg.recipe: builds the task, fits it, and records the run's row (run.json, runs.csv).
 
     A new run refuses a run_dir that holds anything; resume=true continues the run in run_dir under the
     config it saved (re-validated), refuses overrides that would change it, and leaves a run that has ended
     (finished, diverged, pruned) untouched. Nothing is written before the recipe has loaded its data, so a bad
-    input leaves no row and no folder.
+    input leaves no row and no folder. `labels` are extra columns of the row (a sweep trial's overrides).
     """
+    started = time.perf_counter()
     cfg = resumed_config(cfg) if cfg.resume else with_absolute_paths(cfg)
     run_dir, table = Path(cfg.run_dir), Path(cfg.results_dir) / "runs.csv"
     record = results.read_run(run_dir) if cfg.resume else {}
@@ -341,8 +362,17 @@ def train(cfg: DictConfig, should_stop: Callable[[dict], bool] | None = None) ->
     saved = checkpoint.load(run_dir) if cfg.resume else None  # a corrupt one stops here, changing nothing
     task = recipe_module(cfg.recipe.name).build(cfg, resolve_device(cfg.trainer.device))
     check_target(cfg, task)
-    prior_wall_s, started = float(record.get("wall_s") or 0.0), time.perf_counter()
-    segments = record.get("segments", 0) + 1
+    prior_wall_s, segments = float(record.get("wall_s") or 0.0), record.get("segments", 0) + 1
+
+    def recorded(status: str, summary: dict | None = None, wall_s: float | None = None) -> dict:
+        """The row, in the run's own run.json and in results_dir's runs.csv."""
+        wall_s = wall_s or prior_wall_s + time.perf_counter() - started
+        row = results.run_row(cfg, run_dir, status, summary or {}, wall_s, task.metric) | (labels or {})
+        with signals.deferred():
+            results.write_run(run_dir, row | {"segments": segments})
+            results.upsert_row(table, row)
+        return row
+
     outcome = Outcome("failed")
     with signals.handled():
         try:
@@ -350,23 +380,15 @@ def train(cfg: DictConfig, should_stop: Callable[[dict], bool] | None = None) ->
                 run_dir.mkdir(parents=True, exist_ok=True)
                 if not cfg.resume:
                     results.write_config(run_dir, cfg)
-                running = results.run_row(cfg, run_dir, "running", {}, prior_wall_s, task.metric)
-                record_row(table, run_dir, running, segments)
-            outcome = fit(task, cfg, run_dir, should_stop, prior_wall_s, saved)
+                recorded("running")
+            outcome = fit(
+                task, cfg, run_dir, should_stop, prior_wall_s + time.perf_counter() - started, saved
+            )
         except KeyboardInterrupt:  # before fit's own handling began
             outcome = Outcome("interrupted")
         finally:
-            wall_s = outcome.wall_s or prior_wall_s + time.perf_counter() - started
-            row = results.run_row(cfg, run_dir, outcome.status, outcome.summary, wall_s, task.metric)
-            with signals.deferred():
-                record_row(table, run_dir, row, segments)
+            row = recorded(outcome.status, outcome.summary, outcome.wall_s)
     return row
-
-
-def record_row(table: Path, run_dir: Path, row: dict, segments: int) -> None:
-    """The row in the run's own run.json, then in the results_dir's runs.csv."""
-    results.write_run(run_dir, row | {"segments": segments})
-    results.upsert_row(table, row)
 
 
 def with_absolute_paths(cfg: DictConfig) -> DictConfig:

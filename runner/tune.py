@@ -1,0 +1,177 @@
+"""`adamrun tune`: a search over a space in conf/tune/ with Optuna's own API (a current Optuna; the
+hydra-optuna-sweeper plugin pins optuna < 3 and SQLAlchemy < 2, and re-running it schedules new trials and
+leaves killed ones RUNNING for ever: facebookresearch/hydra#3328).
+
+Each trial is a normal run in `<sweep_dir>/<its parameters>/` with its row in `<sweep_dir>/runs.csv`; the study
+is `<sweep_dir>/study.db` (sqlite). Every evaluation's validation metric goes to Optuna, whose pruner may stop a
+hopeless trial early (`pruned`). Dead trials are found by their heartbeat and run again with the same
+parameters (from their checkpoint: the folder is named by the parameters), so a killed search, started again,
+repeats no finished trial and ends with exactly `tune.trials` finished (completed or pruned) trials. Several
+processes, or machines sharing the folder, can work on one study: run the same command in each.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from runner import results, signals
+from runner.config import compose, group_options, quote_target
+from runner.errors import UsageError
+from runner.sweep import failed_row, key_of, trial_dirname, value_of
+
+OWN_KEYS = ("tune", "trials", "sweep_dir")
+
+
+@dataclass
+class Search:
+    name: str
+    dir: Path
+    overrides: list[str]  # fixed for every trial
+    cfg: DictConfig  # composed once, for the settings and a first check of the overrides
+
+
+def plan(arguments: list[str]) -> Search:
+    """The search the command line asks for, checked before any trial; a folder holding another search (other
+    settings) is refused, the same search is joined (resumed, or worked on by one more process)."""
+    own = {key_of(a): value_of(a) for a in arguments if key_of(a) in OWN_KEYS}
+    overrides = quote_target([a for a in arguments if key_of(a) not in OWN_KEYS])
+    name = own.get("tune")
+    if name not in group_options("tune"):
+        raise UsageError(f"adamrun tune needs tune=<name>; valid choices: {', '.join(group_options('tune'))}")
+    if "trials" in own:
+        overrides.append(f"tune.trials={own['trials']}")
+    cfg = compose([f"tune={name}", *overrides])
+    folder = Path(own.get("sweep_dir") or Path(cfg.results_dir) / "sweeps" / name).expanduser().resolve()
+    saved = folder / "tune.json"
+    settings = {"name": name, "overrides": overrides}
+    if saved.exists() and json.loads(saved.read_text()) != settings:
+        raise UsageError(
+            f"{folder} holds a search with other settings ({saved.read_text().strip()}); give sweep_dir=<new folder>"
+        )
+    if not saved.exists() and folder.exists() and any(folder.iterdir()):
+        raise UsageError(f"{folder} is not empty and holds no search; give sweep_dir=<new folder>")
+    results.write_json(saved, settings)
+    return Search(name, folder, overrides, cfg)
+
+
+def study(search: Search):
+    """The study in search.dir/study.db, created or loaded; dead trials (no heartbeat) are run again."""
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial gets our own line instead
+    settings = search.cfg.tune
+    storage = optuna.storages.RDBStorage(
+        f"sqlite:///{search.dir / 'study.db'}",
+        heartbeat_interval=settings.heartbeat_s,
+        grace_period=settings.grace_s,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+    )
+    return optuna.create_study(
+        study_name=search.name,
+        storage=storage,
+        load_if_exists=True,
+        direction=str(settings.direction),
+        sampler=optuna.samplers.TPESampler(n_startup_trials=settings.startup_trials, seed=settings.seed),
+        pruner=pruner(settings),
+    )
+
+
+def pruner(settings: DictConfig):
+    import optuna
+
+    if settings.pruner == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=settings.startup_trials, n_warmup_steps=settings.warmup_evals
+        )
+    if settings.pruner == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    return optuna.pruners.NopPruner()
+
+
+def finished(trials) -> int:
+    from optuna.trial import TrialState
+
+    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+
+
+def run(search: Search, echo=print) -> dict[str, int]:
+    """Work on the study until it has tune.trials finished trials; returns the count of each state."""
+    import optuna
+    from optuna.trial import TrialState
+
+    found = study(search)
+    settings = search.cfg.tune
+    if found.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # dead, or another worker's:
+        time.sleep(settings.grace_s + settings.heartbeat_s + 1)  # a live one keeps beating meanwhile
+        optuna.storages.fail_stale_trials(found)  # the dead ones are queued again, with their parameters
+    with signals.handled():
+        while finished(trials := found.get_trials(deepcopy=False)) < settings.trials:
+            if sum(t.state == TrialState.FAIL for t in trials) > settings.trials:
+                raise UsageError(
+                    f"more trials failed than the search has ({settings.trials}): see {search.dir}"
+                )
+            found.optimize(lambda trial: objective(search, trial, echo), n_trials=1, catch=(Exception,))
+    counts: dict[str, int] = {}
+    for t in found.get_trials(deepcopy=False):
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    return counts
+
+
+class Surplus(Exception):
+    """Another worker took the last trial: this one is not needed."""
+
+
+def objective(search: Search, trial, echo) -> float:
+    """One trial: a normal run with the sampled parameters, reporting each evaluation to the pruner."""
+    import optuna
+
+    from runner.loop import train
+
+    if finished(trial.study.get_trials(deepcopy=False)) >= search.cfg.tune.trials:
+        trial.study.stop()
+        raise Surplus
+    params = {key: suggest(trial, key, param) for key, param in search.cfg.tune.space.items()}
+    chosen = [f"{key}={value}" for key, value in params.items()]
+    labels = params | {"trial": trial.number}
+    cfg = compose([f"tune={search.name}", *search.overrides, *chosen, "trainer.progress=false"])
+    run_dir = search.dir / trial_dirname(",".join(sorted(chosen)))
+    cfg.results_dir, cfg.run_dir, cfg.resume = str(search.dir), str(run_dir), results.holds_run(run_dir)
+    try:
+        row = train(cfg, should_stop=reporter(trial), labels=labels)
+    except Exception as err:
+        row = failed_row(cfg, run_dir, labels, err)
+        echo(f"trial {trial.number}: failed {' '.join(chosen)}  {row['error']}")
+        raise
+    echo(f"trial {trial.number}: {row['status']} {' '.join(chosen)}  val {row.get('val_metric', '-')}")
+    if row["status"] == "interrupted":
+        raise signals.Interrupted(signals.exit_code() - 128)
+    if row["status"] != "finished":  # pruned, or diverged: stopped early, no result; it counts as a trial
+        trial.set_user_attr("status", row["status"])
+        raise optuna.TrialPruned(row["status"])
+    return float(row["val_metric"])
+
+
+def reporter(trial):
+    """should_stop for the loop: each evaluation's validation metric to Optuna, and its pruner's verdict."""
+    metric_key = None
+
+    def should_stop(row: dict) -> bool:
+        nonlocal metric_key
+        metric_key = metric_key or next(k for k in row if k.startswith("val_") and k != "val_loss")
+        trial.report(row[metric_key], step=row["step"])
+        return trial.should_prune()
+
+    return should_stop
+
+
+def suggest(trial, key: str, param: DictConfig):
+    if param.choices is not None:
+        return trial.suggest_categorical(key, list(param.choices))
+    return trial.suggest_float(key, param.low, param.high, log=param.log)
