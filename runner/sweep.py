@@ -234,17 +234,27 @@ def grid(name: str, overrides: list[str]) -> dict[str, list[str]]:
 
 
 def check_axes(sweep: Sweep) -> None:
-    """Compose one trial per value of each axis (the others at their first value): a key that does not
-    exist, or a value a trial would refuse, stops the sweep now instead of failing trial after trial."""
+    """Compose the first trial, then one trial per other value of each axis: a key that does not exist, or a
+    value a trial would refuse, stops the sweep now instead of failing trial after trial."""
     fixed = [o for o in sweep.overrides if key_of(o) not in sweep.axes]  # the launcher's settings too
     first = {key: values[0] for key, values in sweep.axes.items()}
+
+    def composes(chosen: dict[str, str], blame: str) -> None:
+        try:
+            compose([f"sweep={sweep.name}", *fixed, *(f"{k}={v}" for k, v in chosen.items())])
+        except UsageError as err:
+            raise UsageError(f"{blame}: {err}") from err
+
+    try:
+        composes(first, f"sweep {sweep.name}")
+    except UsageError as err:  # the error names the axis (a key that does not exist), or a fixed override
+        culprit = next((key for key in sweep.axes if f"'{key}'" in str(err) or f" {key} " in str(err)), None)
+        if culprit is None:
+            raise
+        raise UsageError(f"grid axis {culprit}: {str(err).split(': ', 1)[1]}") from err
     for key, values in sweep.axes.items():
-        for value in values:
-            chosen = first | {key: value}
-            try:
-                compose([f"sweep={sweep.name}", *fixed, *(f"{k}={v}" for k, v in chosen.items())])
-            except UsageError as err:
-                raise UsageError(f"grid axis {key}={value}: {err}") from err
+        for value in values[1:]:
+            composes(first | {key: value}, f"grid axis {key}={value}")
 
 
 def hydra_settings(sweep: Sweep) -> list[str]:

@@ -1,0 +1,312 @@
+"""Sweeps and searches on the real Fashion-MNIST files (tiny limits): Hydra's launchers run the trials, a killed
+sweep or search finishes what is missing and nothing else, a failing trial is a row, the cores are shared."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from recipes.cifar10 import load_images
+from runner import results
+from runner.sweep import threads_per_trial, trial_dirname
+from tests.test_faults import adamrun, assert_one_line
+
+REPO = Path(__file__).resolve().parents[1]
+FMNIST = Path("/usr/share/datasets/fashion-mnist")  # the Debian package (make data)
+TINY = [
+    "data=fashion_mnist", "data.train_limit=320", "data.val_size=64", "data.test_limit=128",
+    "recipe.widths=[8,8,16,16]", "trainer.batch_size=32", "trainer.eval_batch_size=128", "trainer.epochs=2",
+    "trainer.log_every=2",
+]  # fmt: skip
+GRID = ["optimizer=adamw,sgd", "optimizer.lr=1e-3,1e30", "optimizer.weight_decay=0"]  # 1e30 diverges
+
+
+def command(verb: str, *arguments: str) -> list[str]:
+    return [sys.executable, "-m", "runner.cli", verb, *arguments]
+
+
+def sweep(tmp_path: Path, *extra: str, name: str = "grid", check: bool = True) -> subprocess.CompletedProcess:
+    arguments = ["sweep=lr_wd_grid", *TINY, *GRID, f"sweep_dir={tmp_path / name}", *extra]
+    done = subprocess.run(command("sweep", *arguments), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert not check or done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def rows(folder: Path) -> dict[str, dict]:
+    with open(folder / "runs.csv", newline="") as f:
+        return {row["run_id"]: row for row in csv.DictReader(f)}
+
+
+def outcome(row: dict) -> tuple:
+    """What a trial found: its status and numbers (not its timings or paths)."""
+    return row["status"], row["optimizer"], row["optimizer.lr"], row["val_metric"], row["test_metric"]
+
+
+@pytest.fixture(scope="module")
+def basic_grid(tmp_path_factory) -> Path:
+    """The 2x2 grid through Hydra's basic launcher, one trial after the other, one thread each."""
+    tmp = tmp_path_factory.mktemp("basic")
+    sweep(tmp, "hydra/launcher=basic", "trainer.threads=1")
+    return tmp / "grid"
+
+
+@pytest.mark.slow
+def test_a_grid_runs_every_trial_and_records_each_status(basic_grid):
+    found = rows(basic_grid)
+    assert len(found) == 4
+    statuses = {(r["optimizer"], r["optimizer.lr"]): r["status"] for r in found.values()}
+    assert statuses == {("adamw", "0.001"): "finished", ("sgd", "0.001"): "finished",
+                        ("adamw", "1e+30"): "diverged", ("sgd", "1e+30"): "diverged"}  # fmt: skip
+    for run_id, row in found.items():
+        assert (basic_grid / run_id / "run.json").exists() and row["run_dir"] == str(basic_grid / run_id)
+        assert row["metric"] == "acc" and row["optimizer.weight_decay"] == "0"
+        if row["status"] == "finished":
+            assert 0 <= float(row["val_metric"]) <= 1 and 0 <= float(row["test_metric"]) <= 1
+    assert json.loads((basic_grid / "sweep.json").read_text())["name"] == "lr_wd_grid"
+
+
+@pytest.mark.slow
+def test_joblib_with_two_jobs_gives_the_same_rows(tmp_path, basic_grid):
+    sweep(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "trainer.threads=1")
+    parallel, serial = rows(tmp_path / "grid"), rows(basic_grid)
+    assert parallel.keys() == serial.keys()
+    for run_id in serial:
+        assert outcome(parallel[run_id]) == outcome(serial[run_id]), run_id
+
+
+@pytest.mark.slow
+def test_a_sweep_killed_with_sigkill_resumes_only_the_missing_trials(tmp_path, basic_grid):
+    folder = tmp_path / "grid"
+    arguments = [
+        "sweep=lr_wd_grid",
+        *TINY,
+        *GRID,
+        f"sweep_dir={folder}",
+        "hydra/launcher=basic",
+        "trainer.threads=1",
+    ]
+    process = subprocess.Popen(
+        command("sweep", *arguments), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.time() + 300
+    while not (folder / "runs.csv").exists() or "finished" not in (folder / "runs.csv").read_text():
+        assert process.poll() is None and time.time() < deadline, process.stderr.read()
+        time.sleep(0.05)
+    process.kill()  # SIGKILL: no handler runs, the trial in hand is left as it was
+    process.wait()
+    before = {run_id: (folder / run_id / "run.json").read_text() for run_id, r in rows(folder).items()
+              if r["status"] in results.TERMINAL}  # fmt: skip
+    assert 1 <= len(before) < 4
+    resumed = subprocess.run(command("sweep", "sweep=lr_wd_grid", f"sweep_dir={folder}", "resume=true"),
+                             cwd=REPO, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    after = rows(folder)
+    assert {run_id: outcome(r) for run_id, r in after.items()} == {
+        k: outcome(r) for k, r in rows(basic_grid).items()
+    }
+    for run_id, record in before.items():  # the trials that had ended were not run again
+        assert (folder / run_id / "run.json").read_text() == record
+    assert f"resuming {folder}" in resumed.stdout
+
+
+@pytest.mark.slow
+def test_the_grid_through_submitit_local(tmp_path, basic_grid):
+    sweep(tmp_path, "hydra/launcher=submitit_local", "trainer.threads=1")
+    found = rows(tmp_path / "grid")
+    assert {k: outcome(r) for k, r in found.items()} == {k: outcome(r) for k, r in rows(basic_grid).items()}
+    assert (tmp_path / "grid" / ".submitit").is_dir()  # its job folders stay inside the sweep
+
+
+@pytest.mark.slow
+def test_the_grid_through_a_ray_head_started_here(tmp_path, basic_grid):
+    ray = Path(sys.executable).with_name("ray")
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    env = os.environ | {"RAY_TMPDIR": ray_tmp}
+    head = ["--head", "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats"]
+    started = subprocess.run([str(ray), "start", *head], capture_output=True, text=True, env=env, timeout=180)
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        arguments = ["sweep=lr_wd_grid", *TINY, *GRID, f"sweep_dir={tmp_path / 'grid'}", "hydra/launcher=ray"]
+        done = subprocess.run(command("sweep", *arguments), cwd=REPO, capture_output=True, text=True, env=env,
+                              timeout=600)  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+    finally:
+        subprocess.run([str(ray), "stop", "--force"], capture_output=True, env=env, timeout=180)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    found = rows(tmp_path / "grid")
+    assert {k: r["status"] for k, r in found.items()} == {k: r["status"] for k, r in rows(basic_grid).items()}
+
+
+# ------------------------------------------------------------------------------------------ mistakes
+@pytest.mark.parametrize(
+    "arguments,says",
+    [
+        (["sweep=no_such_grid"], "unknown sweep 'no_such_grid'; valid choices: lr_wd_grid"),
+        ([], "adamrun sweep needs sweep=<name>"),
+        (
+            ["sweep=lr_wd_grid", "optimizer.lrr=1e-3,3e-3"],
+            "grid axis optimizer.lrr: unknown config key 'optimizer.lrr'",
+        ),
+        (
+            ["sweep=lr_wd_grid", "optimizer=adamw,adamx"],
+            "grid axis optimizer=adamx: unknown optimizer 'adamx'",
+        ),
+        (["sweep=lr_wd_grid", "resume=true"], "there is no sweep to resume"),
+    ],
+)
+def test_sweep_mistakes_are_one_line(monkeypatch, capsys, tmp_path, arguments, says):
+    code, _, err = adamrun(
+        monkeypatch, capsys, "sweep", *arguments, f"sweep_dir={tmp_path / 's'}", "data=fashion_mnist"
+    )
+    assert code == 2
+    assert_one_line(err, says)
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_sweep_folder_in_use_is_refused_and_a_resume_cannot_change_the_grid(monkeypatch, capsys, tmp_path):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / "sweep.json").write_text(
+        json.dumps({"name": "lr_wd_grid", "overrides": ["data=fashion_mnist"]})
+    )
+    code, _, err = adamrun(monkeypatch, capsys, "sweep", "sweep=lr_wd_grid", f"sweep_dir={folder}")
+    assert code == 2
+    assert_one_line(err, "already holds a sweep", "resume=true")
+    code, _, err = adamrun(monkeypatch, capsys, "sweep", "sweep=lr_wd_grid", f"sweep_dir={folder}", "resume=true",
+                           "trainer.epochs=5")  # fmt: skip
+    assert code == 2
+    assert_one_line(err, "trainer.epochs=5 would change it")
+
+
+# ------------------------------------------------------------------------------------------ pieces
+def test_long_override_lists_give_short_distinct_folder_names():
+    short = "optimizer=adamw,seed=1"
+    assert trial_dirname(short) == short
+    long_a, long_b = "x" * 300 + "=1", "x" * 300 + "=2"
+    assert len(trial_dirname(long_a)) <= 120 and trial_dirname(long_a) != trial_dirname(long_b)
+    assert "/" not in trial_dirname("data.root=/tmp/a")
+
+
+@pytest.mark.parametrize(
+    "launcher,expected",
+    [
+        ({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"}, 8),
+        ({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 2}, 4),
+        ({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": -1}, 1),
+        ({"_target_": "hydra_plugins.hydra_ray_launcher.ray_launcher.RayLauncher", "ray": {"remote": {}}}, 1),
+        ({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"}, 2),
+    ],
+)
+def test_parallel_trials_split_the_cores(monkeypatch, launcher, expected):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    hydra = OmegaConf.create({"launcher": launcher, "sweeper": {"max_batch_size": 4}})
+    assert threads_per_trial(hydra) == expected
+
+
+def test_the_validation_split_is_disjoint_stratified_and_the_same_for_every_run():
+    base = {"name": "fashion_mnist", "root": str(FMNIST), "download": False, "train_limit": 3000,
+            "test_limit": 10, "val_seed": 0}  # fmt: skip
+    split = load_images(OmegaConf.create(base | {"val_size": 600}))
+    whole = load_images(OmegaConf.create(base | {"val_size": 0}))
+    train_rows = {bytes(x.numpy()) for x in split.train_x}
+    val_rows = [bytes(x.numpy()) for x in split.val_x]
+    assert len(split.train_y) + len(split.val_y) == 3000 and not train_rows & set(val_rows)
+    assert train_rows | set(val_rows) == {bytes(x.numpy()) for x in whole.train_x}
+    counts = np.bincount(split.val_y.numpy(), minlength=10) / len(split.val_y)
+    np.testing.assert_allclose(counts, np.bincount(whole.train_y.numpy(), minlength=10) / 3000, atol=0.01)
+    again = load_images(OmegaConf.create(base | {"val_size": 600}))
+    assert torch_equal(again.val_x, split.val_x)  # another run (any seed) holds out the same images
+    other = load_images(OmegaConf.create(base | {"val_size": 600, "val_seed": 1}))
+    assert not torch_equal(other.val_x, split.val_x)
+
+
+def torch_equal(a, b) -> bool:
+    return a.shape == b.shape and bool((a == b).all())
+
+
+# ------------------------------------------------------------------------------------------ time to target
+def test_time_to_target_is_recorded_at_the_first_evaluation_that_reaches_it(monkeypatch, capsys, tmp_path):
+    overrides = [*TINY, "trainer.threads=1", "trainer.epochs=3", "trainer.eval_every=0.5", f"results_dir={tmp_path}",
+                 f"run_dir={tmp_path / 'run'}", "trainer.target=val_acc>=0.3"]  # fmt: skip
+    code, _, err = adamrun(monkeypatch, capsys, "train", *overrides)
+    assert code == 0, err
+    history = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [0.5, 1, 1.5, 2, 2.5, 3]
+    first = next(h for h in history if h["val_acc"] >= 0.3)
+    assert first["epochs_to_target"] == first["epoch"] and first["steps_to_target"] == first["step"]
+    assert all("time_to_target_s" not in h for h in history if h is not first)
+    [row] = results.read_rows(tmp_path / "runs.csv")
+    assert float(row["epochs_to_target"]) == first["epoch"] and float(row["time_to_target_s"]) > 0
+    assert "test_acc" in history[-1] and all(
+        "test_acc" not in h for h in history[:-1]
+    )  # read once, at the end
+
+
+def test_stop_at_target_ends_the_run_there_with_its_test_score(monkeypatch, capsys, tmp_path):
+    overrides = [*TINY, "trainer.threads=1", "trainer.epochs=6", f"results_dir={tmp_path}", f"run_dir={tmp_path / 'r'}",
+                 "trainer.target=val_loss<=2.5", "trainer.stop_at_target=true"]  # fmt: skip
+    code, _, err = adamrun(monkeypatch, capsys, "train", *overrides)
+    assert code == 0, err
+    [row] = results.read_rows(tmp_path / "runs.csv")
+    assert row["status"] == "finished" and row["epochs_run"] == "1" and row["epochs_to_target"] == "1"
+    assert row["test_metric"] != ""
+
+
+# ------------------------------------------------------------------------------------------ searches
+def study_states(folder: Path) -> list[str]:
+    import optuna
+
+    study = optuna.load_study(study_name="adamw_lr_wd", storage=f"sqlite:///{folder / 'study.db'}")
+    return [t.state.name for t in study.trials]
+
+
+@pytest.mark.slow
+def test_a_search_killed_mid_trial_and_resumed_runs_exactly_its_trials(tmp_path):
+    folder = tmp_path / "search"
+    arguments = ["tune=adamw_lr_wd", "trials=4", *TINY, f"sweep_dir={folder}", "trainer.threads=1",
+                 "tune.heartbeat_s=1", "tune.grace_s=2", "tune.startup_trials=2"]  # fmt: skip
+    process = subprocess.Popen(
+        command("tune", *arguments), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.time() + 300
+    while not (folder / "runs.csv").exists() or len(rows(folder)) < 2:
+        assert process.poll() is None and time.time() < deadline, process.stderr.read()
+        time.sleep(0.05)
+    process.kill()  # mid-trial: its row says running, its study trial stays RUNNING
+    process.wait()
+    killed = [r["run_id"] for r in rows(folder).values() if r["status"] == "running"]
+    done = subprocess.run(command("tune", *arguments), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    states = study_states(folder)
+    assert states.count("COMPLETE") + states.count("PRUNED") == 4  # exactly the trials asked for
+    final = rows(folder)
+    assert all(r["status"] in ("finished", "pruned", "diverged") for r in final.values())
+    for run_id in killed:  # the killed trial ran again, from its folder, with its own parameters
+        assert json.loads((folder / run_id / "run.json").read_text())["segments"] == 2
+
+
+def test_a_search_with_other_settings_in_the_same_folder_is_refused(monkeypatch, capsys, tmp_path):
+    folder = tmp_path / "search"
+    folder.mkdir()
+    (folder / "tune.json").write_text(json.dumps({"name": "adamw_lr_wd", "overrides": ["tune.trials=3"]}))
+    code, _, err = adamrun(monkeypatch, capsys, "tune", "tune=adamw_lr_wd", "trials=5", f"sweep_dir={folder}")
+    assert code == 2
+    assert_one_line(err, "holds a search with other settings")
+
+
+@pytest.mark.slow
+def test_report_reads_a_sweep_again(monkeypatch, capsys, basic_grid):
+    code, out, err = adamrun(monkeypatch, capsys, "report", str(basic_grid))
+    assert code == 0, err
+    assert "adamw" in out and "sgd" in out
