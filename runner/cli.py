@@ -42,6 +42,8 @@ Examples:
   adamrun train recipe=cifar10 optimizer=adam_l2 optimizer.weight_decay=5e-4 trainer.epochs=10
 
   adamrun train resume=true run_dir=results/runs/<id>
+
+  adamrun train schedule=one_cycle optimizer.lr=find      # the LR range test picks the peak lr first
 """
 
 
@@ -51,13 +53,37 @@ def train(overrides: Overrides = None, debug: Debug = False) -> None:
     from runner import signals
     from runner.config import compose
     from runner.loop import train as run_training
+    from runner.lr_find import with_found_lr
 
-    row = run_training(compose(overrides or []))
+    overrides, finding = with_found_lr(overrides or [])
+    if finding is not None:
+        console.print(f"lr-find: {finding.describe()} (plot: {finding.png})")
+    row = run_training(compose(overrides))
     show_fields(row, title=f"run {row['run_id']}")
     if row["status"] == "interrupted":
         err_console.print(f"interrupted; continue with: adamrun train resume=true run_dir={row['run_dir']}")
         raise typer.Exit(signals.exit_code())
     raise typer.Exit(EXIT_CODES[row["status"]])
+
+
+LR_FIND_EXAMPLES = """
+Examples:
+
+  adamrun lr-find recipe=cifar10 data=fashion_mnist optimizer=adamw
+
+  adamrun lr-find lr_find.rule=steepest lr_find.steps=300
+"""
+
+
+@app.command("lr-find", epilog=LR_FIND_EXAMPLES)
+def lr_find(overrides: Overrides = None, debug: Debug = False) -> None:
+    """Smith's LR range test on the recipe: a plot of loss against lr, and the suggested lr."""
+    from runner.config import compose
+    from runner.lr_find import find
+
+    finding = find(compose(overrides or [], "lr_find"))
+    console.print(finding.describe(), markup=False, highlight=False)
+    console.print(f"plot: {finding.png}\ntrain with it: adamrun train ... optimizer.lr={finding.lr:.3g}")
 
 
 SWEEP_EXAMPLES = """
@@ -121,23 +147,33 @@ def config_show(overrides: Overrides = None, debug: Debug = False) -> None:
     console.print(OmegaConf.to_yaml(compose(overrides or [])), markup=False, highlight=False)
 
 
-@app.command(
-    epilog="Examples:\n\n  adamrun report\n\n  adamrun report results/sweeps/lr_wd_grid\n\n  adamrun report results_dir=/tmp/rep"
-)
+REPORT_EXAMPLES = """
+Examples:
+
+  adamrun report
+
+  adamrun report results/sweeps/lr_wd_grid
+
+  adamrun report results/sweeps/lr_wd_grid --group-by schedule
+"""
+
+
+@app.command(epilog=REPORT_EXAMPLES)
 def report(
     where: Annotated[
         list[str] | None,
         typer.Argument(
-            help="A results folder (or its runs.csv); results_dir=<folder> works too. Default: results.",
+            help="A results or sweep folder (or its runs.csv); results_dir=<folder> works too. Default: results.",
             show_default=False,
         ),
     ] = None,
+    group_by: Annotated[
+        str, typer.Option("--group-by", help="The column to pick the best setting per.")
+    ] = "optimizer",
     debug: Debug = False,
 ) -> None:
-    """The test metric's mean ± std over seeds, per setting."""
-    from runner.results import runs_table, summarize
-
-    show_rows(summarize(runs_table(report_path(where or []))), title="runs (mean ± std over seeds)")
+    """Tables and plots of a sweep or results folder: mean ± std per setting, the best per group (on validation)."""
+    show_report(report_path(where or []), group_by)
 
 
 def report_path(arguments: list[str]) -> str:
@@ -173,24 +209,19 @@ def sparsify_bert(overrides: Overrides = None, debug: Debug = False) -> None:
     console.print(f"report: {run_dir / 'report.md'}" if wrote_report else f"run directory: {run_dir}")
 
 
-def show_report(folder) -> None:
-    from runner.results import runs_table, summarize
+def show_report(folder, group_by: str = "optimizer") -> None:
+    """Write the folder's report (tables, plots, report.md) and print its tables."""
+    from runner.report import best_table, summary_table, write_report
 
-    show_rows(summarize(runs_table(folder)), title=f"{folder} (mean ± std over seeds)")
-
-
-def show_rows(rows: list[dict], title: str) -> None:
-    from rich.table import Table
-
-    if not rows:
-        console.print("no runs yet")
-        return
-    table = Table(title=title)
-    for column in rows[0]:
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*(format_cell(value) for value in row.values()))
-    console.print(table)
+    written = write_report(folder, group_by=group_by)
+    if written.summary.empty:
+        console.print(f"no finished runs in {written.folder} yet", markup=False)
+    else:
+        console.print(summary_table(written))
+        console.print(best_table(written))
+    for name, why in written.skipped.items():
+        console.print(f"{name}.png not drawn: {why}", markup=False)
+    console.print(f"wrote {written.path('report')}", markup=False)
 
 
 def show_fields(row: dict, title: str) -> None:

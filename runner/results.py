@@ -222,30 +222,3 @@ def run_row(
         "git_sha": git_sha(),
         "run_dir": str(run_dir),
     }
-
-
-SETTING = ["recipe", "data", "model", "optimizer", "schedule", "lr", "weight_decay", "epochs"]
-
-
-def summarize(rows: list[dict]) -> list[dict]:
-    """One row per setting over its finished runs: seeds, the test metric's mean ± std, mean wall time."""
-    import pandas as pd
-
-    finished = pd.DataFrame([r for r in rows if r["status"] == "finished"]).reindex(columns=RUN_COLUMNS)
-    if finished.empty:
-        return []
-    finished = finished.fillna("")
-    finished["test_metric"] = pd.to_numeric(finished["test_metric"], errors="coerce")
-    finished["wall_s"] = pd.to_numeric(finished["wall_s"], errors="coerce")
-    grouped = finished.groupby([*SETTING, "metric"], sort=False)
-    table = grouped.agg(
-        seeds=("seed", "count"),
-        mean=("test_metric", "mean"),
-        std=("test_metric", "std"),
-        wall_s=("wall_s", "mean"),
-    ).reset_index()
-    table["test"] = [
-        f"{mean:.4f}" if seeds == 1 else f"{mean:.4f} ± {std:.4f}"
-        for mean, std, seeds in zip(table["mean"], table["std"], table.seeds, strict=True)
-    ]
-    return table[[*SETTING, "metric", "seeds", "test", "wall_s"]].to_dict("records")
