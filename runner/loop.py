@@ -239,6 +239,9 @@ def fit(
             for index, phase, end in phase_spans(task, cfg.trainer.epochs):
                 if headway.epoch >= end:
                     continue
+                train_mode(
+                    model, phase
+                )  # the phase (un)freezes its parameters before its optimizer sees them
                 optimizer = optim.build_optimizer(model, cfg, task.train_size, phase.param_groups)
                 if saved and saved["phase"] == index:
                     optimizer.load_state_dict(saved["optimizer"])
@@ -249,6 +252,8 @@ def fit(
                     torch.manual_seed(epoch_seed(cfg.seed, epoch))  # dropout and any other global-RNG use
                     generator = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
                     train_mode(model, phase)
+                    if task.epoch_start is not None:
+                        task.epoch_start(epoch)
                     started, counted, batches, loss_sum = (
                         time.perf_counter(),
                         0,
@@ -290,7 +295,8 @@ def fit(
                     if status:
                         return stop(status, optimizer, index)
                     save(optimizer, index)
-                    bar.update(bar_task, completed=headway.step)
+                    bar.update(bar_task, completed=headway.step, loss=row["train_loss"], lr=row["lr"],
+                               speed=row[f"{task.unit}_per_s"])  # fmt: skip
                     if cfg.trainer.progress:
                         bar.console.print(epoch_line(row))
         except KeyboardInterrupt:

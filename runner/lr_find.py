@@ -195,6 +195,8 @@ def range_test(
             batch = next(batches, None)
             if batch is None:  # a new epoch, seeded as the loop seeds it
                 torch.manual_seed(epoch_seed(cfg.seed, epoch))
+                if task.epoch_start is not None:
+                    task.epoch_start(epoch)
                 batches = iter(task.batches(torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))))
                 epoch, state = epoch + 1, task.init_state()
                 batch = next(batches, None)

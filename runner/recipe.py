@@ -12,7 +12,8 @@ and nothing under runner/ names it: adding a recipe touches no file here.
 
 Semantics the loop relies on:
 - `batches(generator)` yields one epoch of training batches; all randomness comes from the generator (and from
-  torch's global RNG, which the loop seeds per epoch), so a resumed epoch replays bitwise.
+  torch's global RNG, which the loop seeds per epoch), so a resumed epoch replays bitwise. `epoch_start(epoch)`,
+  when given, hears which epoch (0-based) begins first: what may change per epoch (progressive resizing).
 - `loss(model, batch, state) -> (loss, state)`: `state` is what the recipe carries from one batch to the next
   (an LSTM's hidden state). The loop starts every epoch with `init_state()` and detaches the returned state
   between steps. Stateless recipes take and return None.
@@ -115,6 +116,7 @@ class Task:
     param_groups: list[ParamGroup] | None = None  # None: all_parameters(model)
     phases: list[Phase] = field(default_factory=list)  # empty: one phase of trainer.epochs over param_groups
     after_step: Callable[[int], None] | None = None  # after every optimizer step (pruning masks)
+    epoch_start: Callable[[int], None] | None = None  # before each epoch's batches (progressive resizing)
 
     def run_phases(self, epochs: int) -> list[Phase]:
         """The phases of a run of `epochs` epochs (the single default phase when the recipe declares none)."""

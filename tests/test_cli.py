@@ -13,11 +13,22 @@ from runner.config import compose
 from runner.errors import UsageError
 from tests.conftest import tiny_overrides
 
+OPTIMIZERS = ["adam_l2", "adam_l2_cars", "adam_l2_lm", "adamw", "adamw_lm", "amsgrad", "asgd", "sgd", "sgdw"]
+SCHEDULES = [
+    "constant",
+    "cosine",
+    "linear",
+    "one_cycle",
+    "one_cycle_cars",
+    "one_cycle_lm",
+    "step",
+    "warm_restarts",
+]
 CONF_GROUPS = {
-    "optimizer": ["adam_l2", "adamw", "amsgrad", "sgd", "sgdw"],
-    "schedule": ["constant", "cosine", "linear", "one_cycle", "step", "warm_restarts"],
+    "optimizer": OPTIMIZERS,
+    "schedule": SCHEDULES,
     "data": ["cifar10", "fashion_mnist"],
-    "recipe": ["cifar10"],
+    "recipe": ["cars", "cifar10", "wikitext2"],
 }
 
 
@@ -39,8 +50,8 @@ def test_every_group_option_composes(group, options):
 @pytest.mark.parametrize(
     "override,expected",
     [
-        ("optimizer=adamx", "valid choices: adam_l2, adamw, amsgrad, sgd, sgdw"),
-        ("schedule=cyclic", "valid choices: constant, cosine, linear, one_cycle, step, warm_restarts"),
+        ("optimizer=adamx", f"valid choices: {', '.join(OPTIMIZERS)}"),
+        ("schedule=cyclic", f"valid choices: {', '.join(SCHEDULES)}"),
         ("optimizer.lrr=1", "unknown config key 'optimizer.lrr'; valid keys here: family, decoupled, lr,"),
         ("optimizer.lr=-1", "optimizer.lr must be > 0"),
         ("optimizer.betas=[0.9,1.0]", "optimizer.betas[1] must be in [0, 1)"),

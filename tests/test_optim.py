@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from runner import optim as optim_module
 from runner.config import compose
 from runner.optim import SGDW, build_optimizer, split_decay, torch_weight_decay
 from runner.recipe import ParamGroup
@@ -175,3 +176,62 @@ def test_biases_and_norm_weights_get_no_decay_unless_asked():
     assert {p.ndim for p in groups[0]["params"]} == {2, 4}
     assert len(groups[1]["params"]) == 4  # conv bias, BN weight and bias, linear bias
     assert len(split_decay(everything, 0.1, decay_norm_and_bias=True, lr=1e-3)) == 1
+
+
+# ------------------------------------------------------------------------------------------------ NT-ASGD
+def nt_asgd(nonmono: int = 2):
+    model = Single()
+    optimizer = build_optimizer(model, compose(["optimizer=asgd", f"optimizer.nonmono={nonmono}",
+                                               "optimizer.weight_decay=0", "schedule=constant"]))  # fmt: skip
+    return model, optimizer
+
+
+def test_nt_asgd_is_plain_sgd_until_validation_stops_improving():
+    """Merity et al.: switch when the loss is worse than the best of all but the last `nonmono` checks."""
+    model, optimizer = nt_asgd(nonmono=2)
+    theta = model.weight.detach().clone()
+    for grad in GRADS:
+        model.weight.grad = grad[None, :].repeat(2, 1)
+        optimizer.step()
+        theta -= 30.0 * grad  # SGD at lr 30, no momentum
+    torch.testing.assert_close(model.weight.detach(), theta)
+    for loss in (5.0, 4.0, 3.0, 3.5, 3.2):  # the best before the last two is 4.0 or 3.0: no switch yet
+        optimizer.observe(loss)
+        assert not optimizer.averaging
+    optimizer.observe(4.5)  # worse than min(5, 4, 3) = 3: averaging starts now
+    assert optimizer.averaging and optimizer.param_groups[0]["t0"] == len(GRADS)
+
+
+def test_nt_asgd_averages_as_awd_lstm_lms_fresh_asgd_and_evaluates_with_the_average():
+    """awd-lstm-lm replaces SGD by torch.optim.ASGD(t0=0, lambd=0) at the switch: ours must end with the
+    same weights and the same average (torch's ASGD starts averaging one step after it is created)."""
+    model, optimizer = nt_asgd(nonmono=1)
+    model.weight.grad = torch.ones_like(model.weight)
+    optimizer.step()  # before the switch: plain SGD
+    for loss in (2.0, 1.0, 3.0):
+        optimizer.observe(loss)
+    assert optimizer.averaging
+    reference = torch.nn.Parameter(model.weight.detach().clone())
+    fresh = torch.optim.ASGD([reference], lr=30.0, t0=0, lambd=0.0, weight_decay=0.0)
+    for grad in GRADS:
+        for param in (model.weight, reference):
+            param.grad = grad[None, :].repeat(2, 1) * 0.01
+        optimizer.step()
+        fresh.step()
+    torch.testing.assert_close(model.weight.detach(), reference.detach())
+    current = model.weight.detach().clone()
+    with optim_module.evaluation_weights(optimizer):
+        torch.testing.assert_close(model.weight.detach(), fresh.state[reference]["ax"])
+        assert not torch.equal(model.weight.detach(), current)
+    torch.testing.assert_close(model.weight.detach(), current)  # the current weights back after evaluation
+
+
+def test_nt_asgd_state_round_trips_through_state_dict():
+    model, optimizer = nt_asgd(nonmono=1)
+    model.weight.grad = torch.ones_like(model.weight)
+    optimizer.step()
+    for loss in (2.0, 1.0, 3.0):
+        optimizer.observe(loss)
+    clone_model, clone = nt_asgd(nonmono=1)
+    clone.load_state_dict(optimizer.state_dict())
+    assert clone.averaging and clone.param_groups[0]["val_losses"] == [2.0, 1.0, 3.0]
