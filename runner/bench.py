@@ -1,4 +1,7 @@
-"""make bench: how fast is the recipe's loop, and why, on this machine.
+"""make bench: how fast is each part of adamrun, and why, on this machine; every figure against a baseline
+timed in the same run. `adamrun bench` runs the sections in bench.sections, each in its own module with its own
+settings (conf/bench_<section>.yaml, loaded by `section_config`); this module holds the runner and the first
+two sections, about the CIFAR-10 recipe:
 
 1. Training throughput (images/s) of the shared loop running the CIFAR-10 recipe, against the plain loop a user
    would write (DataLoader over a TensorDataset, fp32, default torch.optim.AdamW), on the same net and images;
@@ -9,6 +12,7 @@ All variants run in this one process, interleaved, `bench.repeats` times; the CS
 
 from __future__ import annotations
 
+import importlib
 import platform
 import statistics
 import tempfile
@@ -152,15 +156,41 @@ def step_times(model: torch.nn.Module, cfg: DictConfig, bench_cfg: DictConfig) -
     return times
 
 
-def main(overrides: list[str]) -> Path:
-    cfg = compose(overrides, "bench_train")
-    out = Path(cfg.bench.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    env = environment()
+def run(cfg: DictConfig, out: Path, env: dict) -> list[Path]:
+    """The CIFAR-10 recipe's sections: optimizer steps, then the training loop against the plain loop."""
     steps = optimizer_step_times(cfg).assign(**env)
     write_text(out / "optimizer_step.csv", steps.to_csv(index=False))
     print(steps.to_string(index=False), flush=True)
     throughput = training_throughput(cfg).assign(**env)
     write_text(out / "train_throughput.csv", throughput.to_csv(index=False))
     print(throughput.to_string(index=False), flush=True)
+    return [out / "optimizer_step.csv", out / "train_throughput.csv"]
+
+
+SECTIONS = {  # name: the module whose run(cfg, out, env) -> [CSV paths] times it
+    "training": "runner.bench",
+    "language_model": "runner.bench_lm",
+    "cars": "runner.bench_cars",
+    "sweeps": "runner.bench_sweep",
+}
+
+
+def section_config(name: str, schema: type) -> DictConfig:
+    """conf/bench_<name>.yaml, checked against the section's schema (a dataclass with range checks)."""
+    from omegaconf import OmegaConf
+
+    from runner.config import CONF_DIR, validate
+
+    cfg = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.load(CONF_DIR / f"bench_{name}.yaml"))
+    validate(cfg)
+    return cfg
+
+
+def main(overrides: list[str]) -> Path:
+    cfg = compose(overrides, "bench_train")
+    out = Path(cfg.bench.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment()
+    for name in cfg.bench.sections:
+        importlib.import_module(SECTIONS[name]).run(cfg, out, env)
     return out

@@ -394,6 +394,7 @@ class TrainConfig:
 
 @dataclass
 class BenchSettings:
+    sections: list[str] = MISSING  # which parts of make bench to run (runner/bench.py SECTIONS)
     out_dir: str = MISSING
     train_images: int = MISSING
     repeats: int = MISSING
