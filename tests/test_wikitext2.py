@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from recipes import wikitext2 as lm
-from runner.config import CONF_DIR
+from runner.config import compose
 from runner.errors import UsageError
 
 
@@ -27,35 +27,9 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def yaml_node(path: Path):
-    node = OmegaConf.load(path)
-    node.pop("defaults", None)
-    return node
-
-
-def validated(schema, node):
-    """As compose() does: merge the node onto its schema and instantiate it (the range checks run)."""
-    merged = OmegaConf.merge(OmegaConf.structured(schema), node)
-    OmegaConf.to_object(merged)
-    return merged
-
-
 def lm_config(data: str = "wikitext2", model: str = "awd_lstm_small", overrides: tuple[str, ...] = ()):
-    """The real YAMLs as compose() assembles them for `recipe=wikitext2 data=<data> model=<model>`."""
-    recipe = yaml_node(CONF_DIR / "recipe" / "wikitext2.yaml")
-    cfg = OmegaConf.create(
-        {
-            "recipe": recipe.recipe,
-            "data": yaml_node(CONF_DIR / "data" / f"{data}.yaml"),
-            "model": yaml_node(CONF_DIR / "model" / f"{model}.yaml"),
-            "trainer": OmegaConf.merge(yaml_node(CONF_DIR / "trainer" / "default.yaml"), recipe.trainer),
-            "seed": 0,
-        }
-    )
-    cfg.merge_with(OmegaConf.from_dotlist(list(overrides)))
-    for key, schema in lm.SCHEMAS.items():
-        cfg[key] = validated(schema, cfg[key])
-    return cfg
+    """The real config of `adamrun train recipe=wikitext2 data=<data> model=<model> <overrides>`."""
+    return compose(["recipe=wikitext2", f"data={data}", f"model={model}", *overrides])
 
 
 TINY_MODEL = (
@@ -434,52 +408,22 @@ def test_schema_range_checks_name_the_key():
 
 
 # ------------------------------------------------------------------------------------------ configs
-def test_recipe_config_picks_its_options_and_the_command_line_wins(tmp_path):
-    """Composed by Hydra itself, as conf/train.yaml lists its groups: the recipe (a _global_ config) overrides
-    data and model, and a user's data=/model= still win. The optimizer and schedule options are stubs here."""
-    from hydra import compose, initialize_config_dir
-
-    conf = tmp_path / "conf"
-    recipe_yaml = (CONF_DIR / "recipe" / "wikitext2.yaml").read_text()
-    files = {
-        "recipe/wikitext2.yaml": recipe_yaml,
-        **{
-            f"data/{n}.yaml": (CONF_DIR / "data" / f"{n}.yaml").read_text()
-            for n in ("wikitext2", "wiki_offline")
-        },
-        **{
-            f"model/{n}.yaml": (CONF_DIR / "model" / f"{n}.yaml").read_text()
-            for n in ("awd_lstm", "awd_lstm_small")
-        },
-        "data/cifar10.yaml": "name: cifar10\n",
-        "trainer/default.yaml": (CONF_DIR / "trainer" / "default.yaml")
-        .read_text()
-        .replace("- trainer_schema", ""),
-        "train.yaml": "defaults:\n  - data: cifar10\n  - model: null\n  - optimizer: stub\n"
-        "  - schedule: stub\n  - trainer: default\n  - recipe: null\n  - _self_\nseed: 0\n",
-    }
-    for group in ("optimizer", "schedule"):
-        names = [
-            line.split(":")[1].split()[0]
-            for line in recipe_yaml.splitlines()
-            if f"override /{group}:" in line
-        ]
-        files |= {f"{group}/{name}.yaml": f"name: {name}\n" for name in ["stub", *names]}
-    for name, text in files.items():
-        (conf / name).parent.mkdir(parents=True, exist_ok=True)
-        (conf / name).write_text(text)
-    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        default = compose("train", overrides=["recipe=wikitext2"])
-        offline = compose(
-            "train", overrides=["data=wiki_offline", "recipe=wikitext2", "model=awd_lstm_small"]
-        )
+def test_recipe_config_picks_its_options_and_the_command_line_wins():
+    """The recipe (a _global_ config) picks its data, model, optimizer and schedule; a user's choice wins."""
+    default = lm_config(data="wikitext2", model="awd_lstm")
     assert (default.data.name, default.model.name) == ("wikitext2", "awd_lstm")
-    assert (offline.data.name, offline.model.name) == ("wiki_offline", "awd_lstm_small")
-    # the recipe's own trainer values win over conf/trainer/default.yaml
-    assert default.trainer.grad_clip == 0.12 and default.trainer.batch_size == 100
-    for cfg in (default, offline):
-        for key, schema in lm.SCHEMAS.items():
-            validated(schema, cfg[key])
+    assert (default.choices.optimizer, default.choices.schedule) == ("adam_l2_lm", "one_cycle_lm")
+    assert (
+        default.trainer.grad_clip == 0.12 and default.trainer.batch_size == 100
+    )  # the recipe's trainer values
+    defaults_only = compose(["recipe=wikitext2"])
+    assert (defaults_only.data.name, defaults_only.model.name) == ("wikitext2", "awd_lstm")
+    offline = compose(["recipe=wikitext2", "data=wiki_offline", "model=awd_lstm_small", "optimizer=asgd"])
+    assert (offline.data.name, offline.model.name, offline.optimizer.family) == (
+        "wiki_offline",
+        "awd_lstm_small",
+        "nt_asgd",
+    )
 
 
 # ------------------------------------------------------------------------------------------ training
