@@ -183,15 +183,15 @@ def fit(
     mid_epoch = evaluation_points(task.steps_per_epoch, cfg.trainer.eval_every)
     board = tensorboard(run_dir, headway.step) if cfg.logger == Logger.tensorboard else None
 
-    def evaluation(position: float, started: float, counted: int, loss_sum, optimizer) -> tuple[dict, str]:
+    def evaluation(position: float, tally: Tally, optimizer) -> tuple[dict, str]:
         """Evaluate, log the row, check the target and the stop rules: (row, status to stop with or '')."""
-        train_s, evaluated = time.perf_counter() - started, time.perf_counter()
+        train_s, evaluated = tally.seconds(), time.perf_counter()
         metrics = evaluate(task, optimizer, cfg, device, [task.splits[0]])  # val, or test without a val split
-        row = {"epoch": round(position, 6), "step": headway.step, "train_loss": (loss_sum / counted).item(),
-               **metrics, "lr": max_lr(optimizer)}  # fmt: skip
+        row = {"epoch": round(position, 6), "step": headway.step, "train_loss": tally.train_loss(), **metrics,
+               "lr": max_lr(optimizer)}  # fmt: skip
         status = "diverged" if not all(math.isfinite(v) for v in row.values()) else ""
         if target is not None and not headway.reached and target.reached(row):
-            headway.reached = {"time_to_target_s": round(headway.seconds + time.perf_counter() - started, 3),
+            headway.reached = {"time_to_target_s": round(headway.seconds + tally.seconds(), 3),
                                "epochs_to_target": row["epoch"], "steps_to_target": headway.step}  # fmt: skip
             row |= headway.reached
             status = status or ("finished" if cfg.trainer.stop_at_target else "")
@@ -203,7 +203,7 @@ def fit(
         row |= {
             "train_s": train_s,
             "eval_s": time.perf_counter() - evaluated,
-            f"{task.unit}_per_s": counted / train_s,
+            f"{task.unit}_per_s": tally.counted / train_s,
         }
         headway.history.append(row)
         if board is not None:
@@ -230,78 +230,104 @@ def fit(
             save(optimizer, phase)
         return outcome(status)
 
-    total_steps = cfg.trainer.epochs * task.steps_per_epoch
     with progress_bar(cfg.trainer.progress, task.unit) as bar, signals.handled():
-        bar_task = bar.add_task(
-            "train", total=total_steps, completed=headway.step, loss=math.nan, lr=0.0, speed=0.0
-        )
+        progress = bar.add_task("train", total=cfg.trainer.epochs * task.steps_per_epoch, completed=headway.step,
+                                loss=math.nan, lr=0.0, speed=0.0)  # fmt: skip
         try:
             for index, phase, end in phase_spans(task, cfg.trainer.epochs):
                 if headway.epoch >= end:
                     continue
-                train_mode(
-                    model, phase
-                )  # the phase (un)freezes its parameters before its optimizer sees them
-                optimizer = optim.build_optimizer(model, cfg, task.train_size, phase.param_groups)
-                if saved and saved["phase"] == index:
-                    optimizer.load_state_dict(saved["optimizer"])
-                else:
-                    headway.phase_start = headway.step
-                schedule = build_schedule(optimizer, cfg, task.steps_per_epoch, phase.epochs)
+                optimizer, schedule = start_phase(task, phase, index, cfg, saved, headway)
                 for epoch in range(headway.epoch, end):
-                    torch.manual_seed(epoch_seed(cfg.seed, epoch))  # dropout and any other global-RNG use
-                    generator = torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))
                     train_mode(model, phase)
-                    if task.epoch_start is not None:
-                        task.epoch_start(epoch)
-                    started, counted, batches, loss_sum = (
-                        time.perf_counter(),
-                        0,
-                        0,
-                        torch.zeros((), device=device),
-                    )
-                    state = task.init_state()
-                    for batch in task.batches(generator):
+                    tally, state = Tally(torch.zeros((), device=device)), task.init_state()
+                    for batch in epoch_batches(task, cfg, epoch):
                         schedule.apply(optimizer, headway.step - headway.phase_start, task.lr_scale(batch))
-                        with autocast(cfg, device):
-                            loss, state = task.loss(model, batch, state)
-                        loss.backward()
-                        if cfg.trainer.grad_clip is not None:
-                            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
-                        optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
-                        if task.after_step is not None:
-                            task.after_step(headway.step)
-                        state, count = detached(state), task.count(batch)
-                        headway.step, batches = headway.step + 1, batches + 1
-                        counted, loss_sum = counted + count, loss_sum + loss.detach() * count
+                        loss, state = train_step(task, optimizer, batch, state, cfg, headway.step)
+                        headway.step += 1
+                        tally.add(loss, task.count(batch))
                         if headway.step % cfg.trainer.log_every == 0:
                             if not torch.isfinite(loss):  # synchronizes, so only every log_every steps
                                 return outcome("diverged")
-                            speed = counted / (time.perf_counter() - started)
-                            bar.update(bar_task, completed=headway.step, loss=loss.item(), lr=max_lr(optimizer),
-                                       speed=speed)  # fmt: skip
-                        if batches in mid_epoch:
-                            row, status = evaluation(epoch + batches / task.steps_per_epoch, started, counted,
-                                                     loss_sum, optimizer)  # fmt: skip
+                            bar.update(progress, completed=headway.step, loss=loss.item(), lr=max_lr(optimizer),
+                                       speed=tally.speed())  # fmt: skip
+                        if tally.batches in mid_epoch:
+                            row, status = evaluation(
+                                epoch + tally.batches / task.steps_per_epoch, tally, optimizer
+                            )
                             if status:
                                 return stop(status, optimizer, index)
                             train_mode(model, phase)
-                    row, status = evaluation(epoch + 1, started, counted, loss_sum, optimizer)
-                    headway.epoch, headway.seconds = (
-                        epoch + 1,
-                        headway.seconds + time.perf_counter() - started,
-                    )
+                    row, status = evaluation(epoch + 1, tally, optimizer)
+                    headway.epoch, headway.seconds = epoch + 1, headway.seconds + tally.seconds()
                     if status:
                         return stop(status, optimizer, index)
                     save(optimizer, index)
-                    bar.update(bar_task, completed=headway.step, loss=row["train_loss"], lr=row["lr"],
+                    bar.update(progress, completed=headway.step, loss=row["train_loss"], lr=row["lr"],
                                speed=row[f"{task.unit}_per_s"])  # fmt: skip
                     if cfg.trainer.progress:
                         bar.console.print(epoch_line(row))
         except KeyboardInterrupt:
             return outcome("interrupted")
     return outcome("finished")
+
+
+@dataclass
+class Tally:
+    """One epoch's running totals, for its evaluation rows: batches, counted items (images, tokens), loss."""
+
+    loss_sum: torch.Tensor  # summed on the device: reading it would synchronize every step
+    batches: int = 0
+    counted: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, loss: torch.Tensor, count: int) -> None:
+        self.batches, self.counted = self.batches + 1, self.counted + count
+        self.loss_sum = self.loss_sum + loss.detach() * count
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+    def train_loss(self) -> float:
+        """The mean over counted items (tokens weigh by their number, as windows vary in length)."""
+        return (self.loss_sum / self.counted).item()
+
+    def speed(self) -> float:
+        return self.counted / self.seconds()
+
+
+def start_phase(task: Task, phase: Phase, index: int, cfg: DictConfig, saved: dict | None, headway: Headway):
+    """The phase's optimizer (with its saved state when the run resumes inside the phase) and schedule."""
+    train_mode(task.model, phase)  # the phase (un)freezes its parameters before its optimizer sees them
+    optimizer = optim.build_optimizer(task.model, cfg, task.train_size, phase.param_groups)
+    if saved and saved["phase"] == index:
+        optimizer.load_state_dict(saved["optimizer"])
+    else:
+        headway.phase_start = headway.step
+    return optimizer, build_schedule(optimizer, cfg, task.steps_per_epoch, phase.epochs)
+
+
+def epoch_batches(task: Task, cfg: DictConfig, epoch: int) -> Iterator:
+    """The epoch's batches, every random draw seeded by (seed, epoch): a replayed epoch is the same epoch."""
+    torch.manual_seed(epoch_seed(cfg.seed, epoch))  # dropout and any other global-RNG use
+    if task.epoch_start is not None:
+        task.epoch_start(epoch)
+    return task.batches(torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch)))
+
+
+def train_step(task: Task, optimizer, batch, state, cfg: DictConfig, step: int):
+    """One optimizer step on the recipe's loss: (the loss, the carried state detached)."""
+    model = task.model
+    with autocast(cfg, next(model.parameters()).device):
+        loss, state = task.loss(model, batch, state)
+    loss.backward()
+    if cfg.trainer.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if task.after_step is not None:
+        task.after_step(step)
+    return loss, detached(state)
 
 
 def tensorboard(run_dir: Path, step: int):

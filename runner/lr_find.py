@@ -72,7 +72,7 @@ from omegaconf import DictConfig
 from runner import results
 from runner.config import DecayMode, SuggestRule, compose, recipe_module
 from runner.errors import UsageError
-from runner.loop import autocast, detached, epoch_seed, progress_bar, resolve_device, train_mode
+from runner.loop import epoch_batches, progress_bar, resolve_device, train_mode, train_step
 from runner.optim import SGDW, build_optimizer
 from runner.recipe import Phase, Task
 
@@ -177,7 +177,6 @@ def range_test(
     training task.model on task.batches, and return the curves and the suggestions. `phase` (default: the
     run's first) sets the model's training mode, as the loop does at every epoch start."""
     settings, model = cfg.lr_find, task.model
-    device = next(model.parameters()).device
     train_mode(model, phase or task.run_phases(cfg.trainer.epochs)[0])
     base_lr = cfg.optimizer.lr
     paper = cfg.optimizer.decoupled and cfg.optimizer.decay_mode == DecayMode.paper
@@ -194,10 +193,7 @@ def range_test(
         for step, lr in enumerate(ramp(settings.start_lr, settings.end_lr, settings.steps).tolist()):
             batch = next(batches, None)
             if batch is None:  # a new epoch, seeded as the loop seeds it
-                torch.manual_seed(epoch_seed(cfg.seed, epoch))
-                if task.epoch_start is not None:
-                    task.epoch_start(epoch)
-                batches = iter(task.batches(torch.Generator().manual_seed(epoch_seed(cfg.seed, epoch))))
+                batches = iter(epoch_batches(task, cfg, epoch))
                 epoch, state = epoch + 1, task.init_state()
                 batch = next(batches, None)
                 if batch is None:
@@ -207,16 +203,7 @@ def range_test(
                 group["lr"] = lr * mult * scale
                 if paper:  # keep lr * wd what training at optimizer.lr = lr applies
                     group[key] = decay * base_lr / lr
-            with autocast(cfg, device):
-                loss, state = task.loss(model, batch, state)
-            loss.backward()
-            if cfg.trainer.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.trainer.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if task.after_step is not None:
-                task.after_step(step)
-            state = detached(state)
+            loss, state = train_step(task, optimizer, batch, state, cfg, step)
             value = float(loss.detach().float().item())
             average = beta * average + (1 - beta) * value
             lrs.append(lr)

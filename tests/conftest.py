@@ -8,8 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from runner.config import compose
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Every test on one torch thread, the count restored after: the suite shares a 2-core machine, and train()
+    sets whatever thread count a test's config asks for."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:

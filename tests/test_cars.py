@@ -24,15 +24,6 @@ TINY = ["model=resnet18", "model.weights=none", "recipe.image_size=32", "recipe.
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """ResNets on one core: the suite shares a 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def write_jpeg(path: Path, label: int, rng: np.random.Generator, size=(40, 30)) -> None:
     """A learnable image: each class has its own colour, with noise."""
     colour = np.array([90 * label, 255 - 90 * label, 60 + 40 * label])

@@ -31,14 +31,6 @@ SGD = ["optimizer=sgd", "optimizer.momentum=0", "optimizer.weight_decay=0", "tra
 RAMP = ["lr_find.start_lr=1e-4", "lr_find.end_lr=10", "lr_find.steps=100", "trainer.progress=false"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def least_squares(
     blocks: int = 16,
     rows: int = 32,

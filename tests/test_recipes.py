@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from recipes import wikitext2
 from runner import checkpoint, results
@@ -50,13 +49,6 @@ def recipe_overrides(recipe: str, data: dict[str, Path]) -> list[str]:
 
 
 RECIPES = {"cifar10": ("acc", "max"), "cars": ("acc", "max"), "wikitext2": ("ppl", "min")}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def config(recipe: str, data: dict[str, Path], tmp_path: Path, *extra: str):

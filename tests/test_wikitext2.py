@@ -19,14 +19,6 @@ from runner.config import compose
 from runner.errors import UsageError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def lm_config(data: str = "wikitext2", model: str = "awd_lstm_small", overrides: tuple[str, ...] = ()):
     """The real config of `adamrun train recipe=wikitext2 data=<data> model=<model> <overrides>`."""
     return compose(["recipe=wikitext2", f"data={data}", f"model={model}", *overrides])
