@@ -113,13 +113,32 @@ def failed_row(cfg: DictConfig, run_dir: Path, labels: dict, err: Exception) -> 
 
 
 @contextmanager
-def trial_lock(run_dir: Path) -> Iterator[None]:
-    """One process at a time per trial (a lock beside the sweep's folders, released if its holder dies)."""
+def trial_lock(run_dir: Path, wait: bool = True) -> Iterator[bool]:
+    """One process at a time per trial (a lock beside the sweep's folders, released if its holder dies).
+    Yields whether this process holds it (always, when it waits for it)."""
     lock_dir = run_dir.parent / ".locks"
     lock_dir.mkdir(exist_ok=True)
     with open(lock_dir / f"{run_dir.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def settle(folder: Path) -> None:
+    """Trials whose row still says running but whom no process runs (a killed worker left its lock free)
+    were interrupted: their rows say so, and resume=true continues them."""
+    for row in results.read_rows(folder / "runs.csv"):
+        run_dir = Path(row["run_dir"])
+        if row["status"] != "running" or not run_dir.is_dir():
+            continue
+        with trial_lock(run_dir, wait=False) as free:
+            if free:
+                row = results.read_run(run_dir) | {"status": "interrupted"}
+                results.write_run(run_dir, row)
+                results.upsert_row(folder / "runs.csv", {k: v for k, v in row.items() if k != "segments"})
 
 
 def threads_per_trial(hydra) -> int:
@@ -302,9 +321,13 @@ def run(sweep: Sweep, echo=print) -> Sweep:
     argv = ["adamrun-sweep", "--multirun", f"sweep={sweep.name}", *sweep.overrides, *hydra_settings(sweep)]
     watcher = Watcher(sweep, echo)
     saved_argv, sys.argv = sys.argv, argv
+    settle(sweep.dir)  # a sweep killed earlier may have left rows that say running
     try:
         with signals.handled(), watcher:
             entry()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the launcher stopped its workers; their rows say so
+        settle(sweep.dir)
+        raise
     except SystemExit as exit_info:  # Hydra's way of saying a job or an override failed: it printed why
         if exit_info.code not in (0, None):
             raise UsageError(

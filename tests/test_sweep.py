@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -118,6 +119,33 @@ def test_a_sweep_killed_with_sigkill_resumes_only_the_missing_trials(tmp_path, b
     for run_id, record in before.items():  # the trials that had ended were not run again
         assert (folder / run_id / "run.json").read_text() == record
     assert f"resuming {folder}" in resumed.stdout
+
+
+@pytest.mark.slow
+def test_a_parallel_sweep_stopped_by_sigterm_keeps_its_rows_and_resumes(tmp_path, basic_grid):
+    """SIGTERM (SLURM, Ray) while two joblib workers train: finished rows stay, the trials in hand say
+    interrupted, no file is left half-written, and resume=true finishes the grid as the serial sweep did."""
+    folder = tmp_path / "grid"
+    arguments = ["sweep=lr_wd_grid", *TINY, *GRID, f"sweep_dir={folder}", "hydra/launcher=joblib",
+                 "hydra.launcher.n_jobs=2", "trainer.threads=1"]  # fmt: skip
+    process = subprocess.Popen(
+        command("sweep", *arguments), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.time() + 300
+    while not (folder / "runs.csv").exists() or "finished" not in (folder / "runs.csv").read_text():
+        assert process.poll() is None and time.time() < deadline, process.stderr.read()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143
+    stopped = rows(folder)
+    assert "running" not in {r["status"] for r in stopped.values()}
+    assert not list(folder.rglob("*.tmp*")), "a half-written file was left behind"
+    resumed = subprocess.run(command("sweep", "sweep=lr_wd_grid", f"sweep_dir={folder}", "resume=true"),
+                             cwd=REPO, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert {k: outcome(r) for k, r in rows(folder).items()} == {
+        k: outcome(r) for k, r in rows(basic_grid).items()
+    }
 
 
 @pytest.mark.slow
