@@ -140,10 +140,10 @@ class Trial:
 
 
 def training_seconds(history: list[dict]) -> float:
-    """The loop's seconds: an epoch's train_s runs from the epoch's start (through any mid-epoch evaluation),
-    so an epoch costs its last row's train_s + eval_s."""
+    """The loop's seconds: an epoch's training (its last row's train_s, counted from the epoch's start
+    without evaluations) plus every evaluation's eval_s."""
     last = {math.ceil(row["epoch"] - 1e-9): row for row in history}  # 0.5 and 1 are epoch 1
-    return sum(row["train_s"] + row["eval_s"] for row in last.values())
+    return sum(row["train_s"] for row in last.values()) + sum(row["eval_s"] for row in history)
 
 
 def read_trials(folder: Path) -> list[Trial]:

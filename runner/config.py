@@ -330,6 +330,13 @@ class Pruner(StrEnum):
     none = "none"
 
 
+class Sampler(StrEnum):
+    tpe = "tpe"  # Optuna's default: random for startup_trials, then a model of the good and bad trials
+    random = (
+        "random"  # independent of the results (with a seed: the same parameters whatever the pruner does)
+    )
+
+
 @dataclass
 class SearchParam:
     low: float | None = None  # a number in [low, high] ...
@@ -345,6 +352,7 @@ class TuneSettings:
     direction: Direction = MISSING  # of the recipe's validation metric
     space: dict[str, SearchParam] = MISSING  # config key -> its range or choices
     pruner: Pruner = MISSING
+    sampler: Sampler = Sampler.tpe
     startup_trials: int = MISSING  # trials that run to the end before the pruner may stop any
     warmup_evals: int = MISSING  # evaluations of a trial before the pruner may stop it
     heartbeat_s: int = MISSING  # a running trial writes a heartbeat this often ...

@@ -185,7 +185,7 @@ def fit(
 
     def evaluation(position: float, tally: Tally, optimizer) -> tuple[dict, str]:
         """Evaluate, log the row, check the target and the stop rules: (row, status to stop with or '')."""
-        train_s, evaluated = tally.seconds(), time.perf_counter()
+        train_s, evaluated = tally.training_seconds(), time.perf_counter()
         metrics = evaluate(task, optimizer, cfg, device, [task.splits[0]])  # val, or test without a val split
         row = {"epoch": round(position, 6), "step": headway.step, "train_loss": tally.train_loss(), **metrics,
                "lr": max_lr(optimizer)}  # fmt: skip
@@ -200,11 +200,9 @@ def fit(
         at_end = status == "finished" or (not status and position == cfg.trainer.epochs)
         if at_end and "test" in task.splits and "test" not in row:
             row |= evaluate(task, optimizer, cfg, device, ["test"])  # read once per run, at its end
-        row |= {
-            "train_s": train_s,
-            "eval_s": time.perf_counter() - evaluated,
-            f"{task.unit}_per_s": tally.counted / train_s,
-        }
+        eval_s = time.perf_counter() - evaluated
+        tally.evaluating += eval_s
+        row |= {"train_s": train_s, "eval_s": eval_s, f"{task.unit}_per_s": tally.counted / train_s}
         headway.history.append(row)
         if board is not None:
             for key, value in row.items():
@@ -279,6 +277,7 @@ class Tally:
     loss_sum: torch.Tensor  # summed on the device: reading it would synchronize every step
     batches: int = 0
     counted: int = 0
+    evaluating: float = 0.0  # seconds of the epoch's mid-epoch evaluations so far
     started: float = field(default_factory=time.perf_counter)
 
     def add(self, loss: torch.Tensor, count: int) -> None:
@@ -292,8 +291,11 @@ class Tally:
         """The mean over counted items (tokens weigh by their number, as windows vary in length)."""
         return (self.loss_sum / self.counted).item()
 
+    def training_seconds(self) -> float:
+        return self.seconds() - self.evaluating
+
     def speed(self) -> float:
-        return self.counted / self.seconds()
+        return self.counted / self.training_seconds()
 
 
 def start_phase(task: Task, phase: Phase, index: int, cfg: DictConfig, saved: dict | None, headway: Headway):

@@ -78,9 +78,17 @@ def study(search: Search):
         storage=storage,
         load_if_exists=True,
         direction=str(settings.direction),
-        sampler=optuna.samplers.TPESampler(n_startup_trials=settings.startup_trials, seed=settings.seed),
+        sampler=sampler(settings),
         pruner=pruner(settings),
     )
+
+
+def sampler(settings: DictConfig):
+    import optuna
+
+    if settings.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=settings.seed)
+    return optuna.samplers.TPESampler(n_startup_trials=settings.startup_trials, seed=settings.seed)
 
 
 def pruner(settings: DictConfig):
@@ -88,8 +96,8 @@ def pruner(settings: DictConfig):
 
     if settings.pruner == "median":
         return optuna.pruners.MedianPruner(
-            n_startup_trials=settings.startup_trials, n_warmup_steps=settings.warmup_evals
-        )
+            n_startup_trials=settings.startup_trials, n_warmup_steps=settings.warmup_evals + 1
+        )  # evaluations are reported from 1: the first warmup_evals are never pruned
     if settings.pruner == "successive_halving":
         return optuna.pruners.SuccessiveHalvingPruner()
     return optuna.pruners.NopPruner()
@@ -144,7 +152,7 @@ def objective(search: Search, trial, echo) -> float:
     run_dir = search.dir / trial_dirname(",".join(sorted(chosen)))
     cfg.results_dir, cfg.run_dir, cfg.resume = str(search.dir), str(run_dir), results.holds_run(run_dir)
     try:
-        row = train(cfg, should_stop=reporter(trial), labels=labels)
+        row = train(cfg, should_stop=reporter(trial, cfg.trainer.eval_every), labels=labels)
     except Exception as err:
         row = failed_row(cfg, run_dir, labels, err)
         echo(f"trial {trial.number}: failed {' '.join(chosen)}  {row['error']}")
@@ -158,14 +166,16 @@ def objective(search: Search, trial, echo) -> float:
     return float(row["val_metric"])
 
 
-def reporter(trial):
-    """should_stop for the loop: each evaluation's validation metric to Optuna, and its pruner's verdict."""
+def reporter(trial, eval_every: float):
+    """should_stop for the loop: each evaluation's validation metric to Optuna, and its pruner's verdict.
+    Evaluations are numbered from their epoch, so a resumed trial reports the same numbers again."""
     metric_key = None
 
     def should_stop(row: dict) -> bool:
         nonlocal metric_key
         metric_key = metric_key or next(k for k in row if k.startswith("val_") and k != "val_loss")
-        trial.report(row[metric_key], step=row["step"])
+        evaluation = round(row["epoch"] / eval_every)  # 1, 2, ...: the pruner counts evaluations, not steps
+        trial.report(row[metric_key], step=evaluation)
         return trial.should_prune()
 
     return should_stop

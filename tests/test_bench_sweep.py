@@ -38,12 +38,13 @@ def trial(name: str, status: str = "finished", wall_s=0.0, training_s=0.0, epoch
 
 # ------------------------------------------------------------------------------------------ arithmetic
 def test_training_seconds_count_each_epoch_once():
-    """train_s runs from the epoch's start, so a mid-epoch evaluation is inside the epoch-end row's train_s."""
+    """train_s runs from the epoch's start without its evaluations, so the epoch-end row's train_s holds the
+    whole epoch's training and every row adds its own evaluation."""
     halves = [
         {"epoch": 0.5, "train_s": 2.0, "eval_s": 1.0},
-        {"epoch": 1, "train_s": 5.0, "eval_s": 1.0},  # 2 s training, 1 s evaluating, 2 s training
+        {"epoch": 1, "train_s": 4.0, "eval_s": 1.0},  # 2 s training, 1 s evaluating, 2 s training, 1 s
         {"epoch": 1.5, "train_s": 2.5, "eval_s": 0.5},
-        {"epoch": 2, "train_s": 6.0, "eval_s": 0.5},
+        {"epoch": 2, "train_s": 5.5, "eval_s": 0.5},
     ]
     assert training_seconds(halves) == pytest.approx(6 + 6.5)
     assert training_seconds(halves[:3]) == pytest.approx(6 + 3)  # pruned mid-epoch 2
