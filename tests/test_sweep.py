@@ -180,7 +180,7 @@ def test_the_grid_through_a_ray_head_started_here(tmp_path, basic_grid):
 @pytest.mark.parametrize(
     "arguments,says",
     [
-        (["sweep=no_such_grid"], "unknown sweep 'no_such_grid'; valid choices: lr_wd_grid"),
+        (["sweep=no_such_grid"], "unknown sweep 'no_such_grid'; valid choices: cars_optimizers, lr_wd_grid"),
         ([], "adamrun sweep needs sweep=<name>"),
         (
             ["sweep=lr_wd_grid", "optimizer.lrr=1e-3,3e-3"],
