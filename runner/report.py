@@ -36,7 +36,16 @@ from runner.results import RUN_COLUMNS, replaced_atomically, runs_table, write_t
 if TYPE_CHECKING:
     from rich.table import Table
 
-SETTING = ["recipe", "data", "model", "optimizer", "schedule", "lr", "weight_decay", "epochs"]  # a run, less seed
+SETTING = [
+    "recipe",
+    "data",
+    "model",
+    "optimizer",
+    "schedule",
+    "lr",
+    "weight_decay",
+    "epochs",
+]  # a run, less seed
 STATUSES = ("finished", "diverged", "failed", "interrupted", "pruned", "running")  # a count column each
 NUMBERS = ("val_metric", "test_metric", "epochs_run", "time_to_target_s", "epochs_to_target", "steps_to_target",
            "wall_s")  # fmt: skip
