@@ -43,7 +43,8 @@ def plan(arguments: list[str]) -> Search:
     overrides = quote_target([a for a in arguments if key_of(a) not in OWN_KEYS])
     name = own.get("tune")
     if name not in group_options("tune"):
-        raise UsageError(f"adamrun tune needs tune=<name>; valid choices: {', '.join(group_options('tune'))}")
+        what = f"unknown search '{name}'" if name else "adamrun tune needs tune=<name>"
+        raise UsageError(f"{what}; valid choices: {', '.join(group_options('tune'))}")
     if "trials" in own:
         overrides.append(f"tune.trials={own['trials']}")
     cfg = compose([f"tune={name}", *overrides])
