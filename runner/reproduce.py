@@ -166,6 +166,7 @@ class DecouplingScale(ScaleBase):
             self.measure in MEASURES, "study.measure", f"must be one of {', '.join(MEASURES)}", self.measure
         )
         check(self.drop > 0, "study.drop", "must be > 0", self.drop)
+        check(self.margin > 0, "study.margin", "must be > 0", self.margin)
 
 
 @dataclass
@@ -174,6 +175,15 @@ class CompareScale(ScaleBase):
     contender: str = MISSING
     tests: list[Test] = MISSING
     relative: bool = MISSING  # also show the relative difference of the test error (L&H's "15% lower")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(
+            self.baseline != self.contender,
+            "study.contender",
+            "must differ from study.baseline",
+            self.contender,
+        )
 
 
 @dataclass
@@ -197,6 +207,8 @@ class SchedulesScale(ScaleBase):
             "must both be in study.budgets",
             (self.short, self.long),
         )
+        check(self.short < self.long, "study.short", "must be < study.long", (self.short, self.long))
+        check(self.margin > 0, "study.margin", "must be > 0", self.margin)
 
 
 @dataclass
@@ -402,6 +414,7 @@ class Context:
     study: Study
     echo: Callable[[str], None]
     sweeps: list[str] = field(default_factory=list)
+    trained: bool = False  # did any trial run in this segment (a study found done adds no time)
 
     @property
     def shared(self) -> Shared:
@@ -451,6 +464,7 @@ def run_sweep(ctx: Context, label: str, overrides: list[str]) -> Path:
     ctx.echo(
         f"{ctx.study.name}: {label}: {planned.trials - done} of {planned.trials} trials to run in {folder}"
     )
+    ctx.trained = True
     sweeps.run(planned, echo=ctx.echo)
     return folder
 
@@ -565,6 +579,8 @@ def run_rows(folder: Path, study: str, arm: str, role: str, variant_key: str | N
             "sweep": folder.name,
             "variant": r.get(variant_key, "") if variant_key else "",
         }
+        if role == "select":  # selection reads validation only: its logged test figure is not the study's
+            row["test_metric"] = ""
         rows.append(row)
     return rows
 
@@ -895,23 +911,29 @@ def run_study(plan: Plan, study: Study, echo: Callable[[str], None]) -> None:
         f"study {study.name} ({plan.scale}; about {study.scale.minutes:g} min on 2 idle cores): {study.cfg.claim}"
     )
     rows, curves, details = RUNNERS[study.cfg.kind](ctx)
-    timing = add_time(plan.work_dir / f"{study.name}-{plan.scale}.timing.json", time.perf_counter() - started)
+    timing = add_time(
+        plan.work_dir / f"{study.name}-{plan.scale}.timing.json",
+        time.perf_counter() - started if ctx.trained else 0.0,
+        load,
+    )
     out = plan.out_dir
     write_table(out / f"{study.name}_runs.csv", rows, RUN_COLUMNS)
     write_table(out / f"{study.name}_curves.csv", curves, CURVE_COLUMNS)
-    write_settings(out / f"{study.name}_settings.csv", study_settings(ctx, details, timing, load))
+    write_settings(out / f"{study.name}_settings.csv", study_settings(ctx, details, timing))
     echo(f"study {study.name}: done in {timing['wall_s'] / 60:.1f} min ({timing['segments']} segment(s))")
 
 
-def add_time(path: Path, seconds: float) -> dict:
-    """The study's wall time over all its segments (a resumed study adds to it)."""
-    timing = json.loads(path.read_text()) if path.exists() else {"wall_s": 0.0, "segments": 0}
-    timing = {"wall_s": round(timing["wall_s"] + seconds, 1), "segments": timing["segments"] + 1}
-    results.write_json(path, timing)
+def add_time(path: Path, seconds: float, load: float) -> dict:
+    """The study's wall time over the segments that trained (a resumed study adds to it; a study found done
+    adds nothing), with the load average at the start of the first."""
+    timing = json.loads(path.read_text()) if path.exists() else {"wall_s": 0.0, "segments": 0, "load": load}
+    if seconds or not path.exists():
+        timing |= {"wall_s": round(timing["wall_s"] + seconds, 1), "segments": timing["segments"] + 1}
+        results.write_json(path, timing)
     return timing
 
 
-def study_settings(ctx: Context, details: dict, timing: dict, load: float) -> dict:
+def study_settings(ctx: Context, details: dict, timing: dict) -> dict:
     plan, study = ctx.plan, ctx.study
     return {
         "study": study.name,
@@ -927,7 +949,7 @@ def study_settings(ctx: Context, details: dict, timing: dict, load: float) -> di
         "minutes_expected": study.scale.minutes,
         "wall_s": timing["wall_s"],
         "segments": timing["segments"],
-        "load_at_start": round(load, 2),
+        "load_at_start": round(timing.get("load", math.nan), 2),
         "command": shlex.join(
             [
                 "adamrun",

@@ -47,6 +47,12 @@ def test_a_study_override_changes_its_config_and_a_typo_is_one_line():
         reproduce.plan(["study=schedules", "study.short=3"])
     with pytest.raises(UsageError, match="at least 3 distinct seeds"):
         reproduce.plan(["shared.seeds=[1,2]"])
+    with pytest.raises(UsageError, match="study.margin must be > 0"):  # refused before hours of runs
+        reproduce.plan(["study=decoupling", "study.margin=0"])
+    with pytest.raises(UsageError, match="study.short must be < study.long"):
+        reproduce.plan(["study=schedules", "study.short=4"])
+    with pytest.raises(UsageError, match="must differ from study.baseline"):
+        reproduce.plan(["study=amsgrad", "study.contender=adamw"])
 
 
 def test_trial_overrides_go_to_every_trial_and_a_bad_one_stops_before_any_run():
@@ -270,6 +276,39 @@ def test_compare_study_decides_from_its_csvs(tmp_path, gap, spread, expected):
     assert "superiority: test_error AdamW - Adam-L2" in section.verdict.rule
 
 
+def test_a_comparison_needs_three_finished_seeds_a_side_and_names_the_ones_left_out(tmp_path):
+    compare_study(tmp_path, 0.02, 0.001)  # a clear win on 4 seeds a side ...
+    runs = pd.read_csv(tmp_path / "adamw_vs_adam_runs.csv")
+    diverged = (runs["arm"] == "adamw") & (runs["role"] == "confirm") & runs["seed"].isin([1, 2])
+    runs.loc[diverged, "status"] = "diverged"  # ... of which two AdamW seeds diverge
+    runs.to_csv(tmp_path / "adamw_vs_adam_runs.csv", index=False)
+    (section,) = verdict.sections(tmp_path)
+    assert section.verdict.outcome == verdict.INCONCLUSIVE
+    assert "fewer than 3 seeds" in section.verdict.rule
+    assert "left out: Adam-L2 0, AdamW 2" in section.verdict.rule
+
+
+@pytest.mark.parametrize(
+    ("base_reached", "cont_reached", "cont_runs", "expected"),
+    [
+        (0, 4, 4, verdict.SUPPORTED),  # only the contender got there, on every seed
+        (4, 0, 4, verdict.NOT_SUPPORTED),
+        (0, 0, 0, verdict.INCONCLUSIVE),  # a side with no finished run wins nothing
+        (1, 4, 4, verdict.INCONCLUSIVE),  # one baseline time is no mean
+    ],
+)
+def test_time_to_target_when_some_runs_never_get_there(base_reached, cont_reached, cont_runs, expected):
+    def side(reached: int, total: int) -> pd.Series:
+        return pd.Series([2.0 + 0.5 * i for i in range(reached)] + [math.nan] * (total - reached))
+
+    values = {"sgd": side(base_reached, 4), "adamw": side(cont_reached, cont_runs)}
+    done = {arm: pd.DataFrame(index=v.index) for arm, v in values.items()}
+    test = {"metric": "epochs_to_target", "better": "lower", "rule": "superiority", "margin": None}
+    got = verdict.target_test(test, done, values, ("SGD", "AdamW"), "epochs", ("sgd", "adamw"))
+    assert got.outcome == expected, got.rule
+    assert f"SGD reached the target in {base_reached}/4 runs" in got.rule
+
+
 def decoupling_study(folder: Path, noise: float = 0.002, measure: str = "edge") -> None:
     """Adam-L2's accuracy depends on lr x wd (a diagonal ridge), AdamW's on lambda alone (axis-aligned)."""
     rng = np.random.default_rng(2)
@@ -406,6 +445,9 @@ def schedules_study(folder: Path) -> None:
 
 def test_schedules_one_cycle_at_half_the_epochs_against_the_others(tmp_path):
     schedules_study(tmp_path)
+    text = verdict.render_report(tmp_path)
+    assert "`trainer.epochs=1,2,4 (lr chosen at 2)`" in text  # the study's own budgets ...
+    assert "`trainer.epochs=3`" not in text  # ... not its base's
     (section,) = verdict.sections(tmp_path)
     assert section.verdict.outcome == verdict.SUPPORTED  # 88% at 2 epochs vs 85% at 4
     assert "constant at 4 epochs - one_cycle at 2" in section.verdict.rule
@@ -431,6 +473,11 @@ def test_report_is_a_function_of_its_csvs(tmp_path):
     for csv in tmp_path.glob("*.csv"):
         shutil.copy(csv, copy)
     assert verdict.render_report(copy) == text  # the CSVs alone give the same report
+    runs = pd.read_csv(copy / "adamw_vs_adam_runs.csv")
+    runs.loc[(runs["arm"] == "adamw") & (runs["role"] == "confirm"), "test_metric"] -= 0.04
+    runs.to_csv(copy / "adamw_vs_adam_runs.csv", index=False)
+    changed = verdict.render_report(copy)  # a number changed in a CSV changes the table and the verdict
+    assert changed != text and "| **not supported** |" in changed.split("## adamw_vs_adam")[0]
 
 
 @pytest.mark.skipif(not (COMMITTED / "report.md").exists(), reason="no committed reproduction report yet")
@@ -544,6 +591,7 @@ def test_every_study_runs_end_to_end_and_reports(tiny_reproduction):
         amsgrad.loc[amsgrad["arm"] == "adamw", "sweep"]
     )
     assert len(shared) == 2  # AdamW's grid and seeds: one sweep each, serving both studies
+    assert adamw.loc[adamw["role"] == "select", "test_metric"].isna().all()  # selection shows no test figure
     confirm = adamw[adamw["role"] == "confirm"]
     assert sorted(confirm["seed"].unique()) == [1, 2, 3] and confirm["test_metric"].notna().all()
 
@@ -552,7 +600,10 @@ def test_every_study_runs_end_to_end_and_reports(tiny_reproduction):
 def test_a_finished_study_run_again_reruns_no_trial(tiny_reproduction):
     lines = []
     before = {p: p.read_text() for p in (tiny_reproduction / "work").rglob("run.json")}
+    timing = tiny_reproduction / "work" / "amsgrad-offline.timing.json"
+    spent = timing.read_text()
     plan = reproduce.plan(["study=amsgrad", *tiny_arguments(tiny_reproduction)])
     reproduce.run(plan, echo=lines.append, report=False)
     assert all("trials done" in line for line in lines if ": grid-" in line or ": seeds-" in line), lines
     assert {p: p.read_text() for p in (tiny_reproduction / "work").rglob("run.json")} == before
+    assert timing.read_text() == spent  # nothing trained: the study's measured time stays what it was
