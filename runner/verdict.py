@@ -640,8 +640,8 @@ def n_runs(runs: pd.DataFrame, role: str | None = None) -> int:
 
 
 def claim_line(settings: dict) -> str:
-    text = f"Claim: {settings['claim']} Source: {settings['source']}: {settings['paper']}"
-    return text + (f" Not tested here: {settings['untested']}" if settings["untested"] else "")
+    text = f"Claim: {settings['claim']} Source: {settings['source']}: {settings['paper']}."
+    return text + (f" Not tested here: {settings['untested']}." if settings["untested"] else "")
 
 
 def title(settings: dict) -> str:
