@@ -15,7 +15,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from runner.config import SCHEMA_SUFFIX, check
+from runner.config import SCHEMA_SUFFIX, Logger, check
 from runner.errors import UsageError
 
 LOCAL_PATH_PREFIXES = ("/", "./", "../", "~")  # a Hub id never starts like this, so it must exist on disk
@@ -257,6 +257,7 @@ class SparsifyBertConfig:
     resume: bool = MISSING
     results_dir: str = MISSING
     seed: int = MISSING
+    logger: Logger = MISSING
 
 
 GROUPS = {
