@@ -36,6 +36,7 @@ from omegaconf.errors import OmegaConfBaseException
 from runner import results
 from runner.config import CONF_DIR, check, group_options, one_line
 from runner.errors import UsageError
+from runner.sweep import key_of, value_of
 from runner.verdict import MEASURES, write_report
 
 OWN_KEYS = ("study", "scale", "out_dir", "work_dir")  # the command's own keys; study.* and shared.* too
@@ -388,14 +389,6 @@ def check_arms(study: Study, shared: Shared) -> None:
             check(shared.arms[arm].searched, f"shared.arms.{arm}", "needs an lr x wd grid", arm)
 
 
-def key_of(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
-def value_of(override: str) -> str:
-    return override.split("=", 1)[1] if "=" in override else ""
-
-
 def merged(overrides: list[str]) -> list[str]:
     """One override per key, the later one winning (a user's data=cifar10 replaces the study's data)."""
     by_key: dict[str, str] = {}
@@ -496,7 +489,6 @@ def grid_sweep(ctx: Context, name: str) -> Path:
 class Choice:
     lr: str  # as written in the grid's runs.csv (the override's value)
     weight_decay: str
-    val: float  # the selection run's validation metric (nan: not searched)
     cells: int  # settings searched (1: a fixed setting)
 
 
@@ -505,13 +497,11 @@ def choose(ctx: Context, name: str) -> tuple[Choice, Path | None]:
     then the smallest wd), or the arm's one setting when it has no grid."""
     arm = ctx.arm(name)
     if not arm.searched:
-        return Choice(number_text(arm.lr[0]), number_text(arm.weight_decay[0]), math.nan, 1), None
+        return Choice(number_text(arm.lr[0]), number_text(arm.weight_decay[0]), 1), None
     folder = grid_sweep(ctx, name)
     best = best_row(folder, ("optimizer.lr", "optimizer.weight_decay"))
     cells = len(results.read_rows(folder / "runs.csv"))
-    return Choice(
-        best["optimizer.lr"], best["optimizer.weight_decay"], float(best["val_metric"]), cells
-    ), folder
+    return Choice(best["optimizer.lr"], best["optimizer.weight_decay"], cells), folder
 
 
 def best_row(folder: Path, keys: tuple[str, ...]) -> dict:
@@ -834,7 +824,7 @@ def planned_sweeps(ctx: Context) -> list[tuple[str, list[str]]]:
         sweeps = []
         for name in (scale.baseline, scale.contender):
             arm = ctx.arm(name)
-            first = Choice(number_text(arm.lr[0]), number_text(arm.weight_decay[0]), math.nan, 1)
+            first = Choice(number_text(arm.lr[0]), number_text(arm.weight_decay[0]), 1)
             sweeps += [(f"grid-{name}", grid_args(ctx, name))] if arm.searched else []
             sweeps.append((f"seeds-{name}", confirm_args(ctx, name, first)))
         return sweeps
