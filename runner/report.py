@@ -478,6 +478,8 @@ def plot_curves(path: Path, folder: Path, runs: pd.DataFrame, summary: pd.DataFr
             lines.append((row, split, points))
     if not lines:
         return "no metrics.jsonl with the metric for any group's chosen setting"
+    if all(len(points) < 2 for _, _, points in lines):
+        return "one evaluation per run: no curve to draw (trainer.eval_every < 1 or more epochs give one)"
     splits = {split for _, split, _ in lines}
     metric, goal = first_filled(best["metric"]), first_filled(best["goal"]) or "max"
     label = metric_label(metric, "val" if splits == {"val"} else "test", goal)

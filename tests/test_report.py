@@ -391,3 +391,12 @@ def test_an_older_table_with_test_acc_reads_it_as_the_test_metric(tmp_path):
     assert rep.summary.iloc[0]["test_mean"] == pytest.approx(0.92)
     assert rep.summary.iloc[0]["test_std"] == pytest.approx(np.std([0.90, 0.92, 0.94], ddof=1))
     assert rep.best.iloc[0]["selected_on"] == report.BIASED
+
+
+def test_a_run_of_one_evaluation_draws_no_curve_and_says_why(tmp_path):
+    make_runs(tmp_path)
+    for jsonl in tmp_path.rglob("metrics.jsonl"):  # every run evaluated once, at its end
+        jsonl.write_text("".join(line + "\n" for line in jsonl.read_text().splitlines()[-1:]))
+    rep = report.write_report(tmp_path)
+    assert "one evaluation per run" in rep.skipped["curves"]
+    assert not (tmp_path / "curves.png").exists() and (tmp_path / "heatmap.png").exists()
