@@ -27,6 +27,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +90,19 @@ def welch(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> Estim
         raise ValueError(f"Welch's interval needs 2+ values per group (got {len(a)} and {len(b)})")
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
     return interval(float(a.mean() - b.mean()), [va, vb], [len(a) - 1, len(b) - 1], level)
+
+
+def welch_rule(
+    a: Sequence[float], b: Sequence[float], what: str, rule: Callable[[Estimate], Verdict]
+) -> Verdict:
+    """rule(welch(a, b)), or inconclusive when a side has fewer than MIN_SEEDS values: every comparison of
+    seeds goes through here, so none rests on fewer."""
+    if len(a) < MIN_SEEDS or len(b) < MIN_SEEDS:
+        return Verdict(
+            INCONCLUSIVE,
+            f"{what}: fewer than {MIN_SEEDS} seeds with a value on a side ({len(a)} vs {len(b)})",
+        )
+    return rule(welch(a, b))
 
 
 def interval(
@@ -743,12 +757,10 @@ def apply_test(
 ) -> Verdict:
     base, cont = baseline.dropna(), contender.dropna()
     name = f"{test['metric']} {labels[1]} - {labels[0]}"
-    if len(base) < MIN_SEEDS or len(cont) < MIN_SEEDS:
-        return Verdict(
-            INCONCLUSIVE,
-            f"{name}: fewer than {MIN_SEEDS} seeds with a value on a side ({len(cont)} vs {len(base)})",
-        )
-    diff = welch(cont, base)
+    return welch_rule(cont, base, name, lambda diff: rule_of(test, diff, name, labels, unit))
+
+
+def rule_of(test: dict, diff: Estimate, name: str, labels: tuple[str, str], unit: str) -> Verdict:
     if test["rule"] == "superiority":
         return superiority(diff, test["better"], name, unit)
     signed = diff if test["better"] == "higher" else Estimate(-diff.value, -diff.high, -diff.low, diff.df)
@@ -966,18 +978,9 @@ def analyze_schedules(runs: pd.DataFrame, curves: pd.DataFrame, settings: dict) 
     fast = at_budget(confirm, claimed, short)
     verdicts = []
     for other in others:
-        slow = at_budget(confirm, other, long)
-        if len(fast) < MIN_SEEDS or len(slow) < MIN_SEEDS:
-            verdicts.append(Verdict(INCONCLUSIVE, f"{other}: fewer than {MIN_SEEDS} finished seeds"))
-            continue
-        verdicts.append(
-            no_gain(
-                welch(slow, fast),
-                settings["margin"],
-                f"test {metric_name(metric)} of {other} at {long} epochs - {claimed} at {short}",
-                "points",
-            )
-        )
+        what = f"test {metric_name(metric)} of {other} at {long} epochs - {claimed} at {short}"
+        rule = partial(no_gain, margin=settings["margin"], what=what, unit="points")
+        verdicts.append(welch_rule(at_budget(confirm, other, long), fast, what, rule))
     verdict = combine(verdicts, f"{claimed} at {short} epochs against every other schedule at {long}")
     table = []
     for schedule in settings["schedules"]:
@@ -1117,18 +1120,9 @@ def analyze_warmup(runs: pd.DataFrame, curves: pd.DataFrame, settings: dict) -> 
         if baseline not in at_top.index or other not in at_top.index:
             verdicts.append(Verdict(INCONCLUSIVE, f"no runs at lr {top:g}"))
             continue
-        with_, without = at_top.loc[other, "test"], at_top.loc[baseline, "test"]
-        if len(with_) < MIN_SEEDS or len(without) < MIN_SEEDS:
-            verdicts.append(Verdict(INCONCLUSIVE, f"fewer than {MIN_SEEDS} runs at lr {top:g}"))
-            continue
-        verdicts.append(
-            superiority(
-                welch(with_, without),
-                "higher",
-                f"test {metric_name(metric)} at lr {top:g}, warmup {other} - {baseline}",
-                "points",
-            )
-        )
+        what = f"test {metric_name(metric)} at lr {top:g}, warmup {other} - {baseline}"
+        rule = partial(superiority, claimed="higher", what=what, unit="points")
+        verdicts.append(welch_rule(at_top.loc[other, "test"], at_top.loc[baseline, "test"], what, rule))
     verdict = verdicts[0] if len(verdicts) == 1 else combine(verdicts, "every warmup")
     rows = [
         [r.warmup, f"{r.lr:g}", f"{r.unstable}/{r.runs}", str(r.diverged), mean_std_text(r.test)]
