@@ -61,6 +61,9 @@ class WikiText2Recipe:
     tar_beta: float = MISSING  # temporal activation regularization weight
     eval_batch_size: int = MISSING  # streams for the validation split
     test_batch_size: int = MISSING  # streams for the test split
+    loss_chunk: int | None = (
+        MISSING  # tokens decoded at a time by the fused decoder + cross-entropy; None: whole
+    )
 
     def __post_init__(self) -> None:
         check(self.bptt > 0, "recipe.bptt", "must be > 0", self.bptt)
@@ -72,6 +75,8 @@ class WikiText2Recipe:
         check(self.tar_beta >= 0, "recipe.tar_beta", "must be >= 0", self.tar_beta)
         for key in ("eval_batch_size", "test_batch_size"):
             check(getattr(self, key) > 0, f"recipe.{key}", "must be > 0", getattr(self, key))
+        check(self.loss_chunk is None or self.loss_chunk > 0, "recipe.loss_chunk", "must be > 0 or null",
+              self.loss_chunk)  # fmt: skip
 
 
 class Source(StrEnum):
@@ -337,6 +342,13 @@ def embedded_dropout(embedding: nn.Embedding, tokens: torch.Tensor, p: float) ->
     return F.embedding(tokens, weight)
 
 
+def drop_connect(weight: torch.Tensor, p: float) -> torch.Tensor:
+    """Each weight zeroed with probability p, the rest scaled by 1 / (1 - p): F.dropout's result, from a
+    uniform draw instead of its bernoulli_, which takes 3 times as long on the CPU (75 vs 25 ms for the paper
+    model's 4600 x 1150 matrix, 2 threads), a tenth of a paper-size step in all."""
+    return weight * (torch.rand_like(weight) >= p) / (1 - p)
+
+
 def keep_weights_apart() -> None:
     """Replaces nn.LSTM.flatten_parameters: cuDNN would copy the weights into one buffer, but the dropped
     hidden-to-hidden matrix is a fresh tensor every forward (fastai's WeightDropout does the same)."""
@@ -362,7 +374,7 @@ class WeightDropLSTM(nn.Module):
         raw = self.weight_hh_raw
         dropping = self.training and self.p > 0
         # view_as: the raw weight as a plain tensor (assigning the Parameter would register it on the LSTM)
-        weight = F.dropout(raw, self.p, training=True) if dropping else raw.view_as(raw)
+        weight = drop_connect(raw, self.p) if dropping else raw.view_as(raw)
         self.lstm.weight_hh_l0 = weight  # nn.LSTM's __setattr__ also points its fused kernel's weights here
         out = self.lstm(x, state)
         # the autograd graph keeps `weight`; the module keeps a leaf, so the model can be deep-copied
@@ -371,7 +383,7 @@ class WeightDropLSTM(nn.Module):
 
 
 class LMOutput(NamedTuple):
-    logits: torch.Tensor  # time x streams x vocab
+    logits: torch.Tensor | None  # time x streams x vocab (None from AWDLSTM.features)
     state: State
     last_raw: torch.Tensor  # the last layer's output before dropout (TAR)
     last_dropped: torch.Tensor  # after the output dropout (AR)
@@ -403,14 +415,18 @@ class AWDLSTM(nn.Module):
         )
 
     def forward(self, tokens: torch.Tensor, state: State) -> LMOutput:
+        out = self.features(tokens, state)
+        return out._replace(logits=self.decoder(out.last_dropped))
+
+    def features(self, tokens: torch.Tensor, state: State) -> LMOutput:
+        """Everything but the decoder (logits None): the loss decodes the last layer's output itself."""
         p_embedding = self.dropout_embedding if self.training else 0.0
         x = self.drop_input(embedded_dropout(self.embedding, tokens, p_embedding))
         new_state = []
         for i, layer in enumerate(self.layers):
             x, (h, c) = layer(self.drop_hidden(x) if i else x, state[i])
             new_state.append((h.float(), c.float()))  # carried in fp32 across windows, even under autocast
-        dropped = self.drop_output(x)
-        return LMOutput(self.decoder(dropped), tuple(new_state), x, dropped)
+        return LMOutput(None, tuple(new_state), x, self.drop_output(x))
 
 
 # ------------------------------------------------------------------------------------------------ loss
@@ -420,12 +436,66 @@ def cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
 
 
+class DecodedCrossEntropy(torch.autograd.Function):
+    """sum over tokens of cross_entropy(x @ weight.T + bias, targets), `chunk` tokens at a time, each chunk's
+    gradient computed in the same pass (softmax - one-hot): the tokens x vocab logits (70M floats at 100
+    streams x 70 steps x 10k words), their fp32 copy and their gradient never exist whole, which nn.Linear then
+    F.cross_entropy spends a third of a small-model step writing and reading. Matmuls in `dtype` (bf16 under
+    autocast, as nn.Linear runs them there), softmax in fp32 (or the inputs' wider type)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, targets, chunk: int, dtype: torch.dtype, grads: bool):
+        softmax_dtype = torch.promote_types(dtype, torch.float32)
+        with torch.autocast(x.device.type, enabled=False):
+            w, b = weight.to(dtype), bias.to(dtype)
+            total = torch.zeros((), dtype=softmax_dtype, device=x.device)
+            grad_x = torch.empty_like(x) if grads else None
+            grad_w = torch.zeros_like(weight) if grads else None
+            grad_b = torch.zeros_like(bias) if grads else None
+            for start in range(0, len(x), chunk):
+                xc, tc = x[start : start + chunk].to(dtype), targets[start : start + chunk]
+                logits = torch.addmm(b, xc, w.t()).to(softmax_dtype)
+                peak = logits.amax(1, keepdim=True)
+                exp = (logits - peak).exp_()
+                mass = exp.sum(1, keepdim=True)
+                total += (peak + mass.log() - logits.gather(1, tc[:, None])).sum()
+                if grads:
+                    probs = exp.div_(mass)
+                    probs[torch.arange(len(tc), device=x.device), tc] -= 1  # d loss / d logits
+                    probs = probs.to(dtype)
+                    grad_x[start : start + chunk] = probs @ w
+                    grad_w += probs.t() @ xc
+                    grad_b += probs.sum(0)
+        ctx.save_for_backward(grad_x, grad_w, grad_b)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_x, grad_w, grad_b = ctx.saved_tensors
+        return grad_x * grad_total, grad_w * grad_total, grad_b * grad_total, None, None, None, None
+
+
+def decoded_cross_entropy_sum(decoder: nn.Linear, x: torch.Tensor, targets: torch.Tensor,
+                              chunk: int | None) -> torch.Tensor:  # fmt: skip
+    """The summed cross-entropy of decoder(x) against targets (x: time x streams x features), fused and
+    chunked (DecodedCrossEntropy) unless chunk is None."""
+    if chunk is None:
+        return cross_entropy_sum(decoder(x), targets)
+    device = x.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else decoder.weight.dtype
+    grads = torch.is_grad_enabled() and (x.requires_grad or decoder.weight.requires_grad)
+    return DecodedCrossEntropy.apply(
+        x.flatten(0, 1), decoder.weight, decoder.bias, targets.flatten(), chunk, dtype, grads
+    )
+
+
 def lm_loss(model: AWDLSTM, batch, state: State, recipe: DictConfig) -> tuple[torch.Tensor, State]:
     """Cross-entropy per token + AR (alpha * mean squared dropped output) + TAR (beta * mean squared change of
     the undropped output between consecutive time steps), on the last layer as in awd-lstm-lm."""
     inputs, targets = batch
-    out = model(inputs, state)
-    loss = cross_entropy_sum(out.logits, targets) / targets.numel()
+    out = model.features(inputs, state)
+    loss = decoded_cross_entropy_sum(model.decoder, out.last_dropped, targets, recipe.loss_chunk)
+    loss = loss / targets.numel()
     loss = loss + recipe.ar_alpha * out.last_dropped.float().pow(2).mean()
     if len(out.last_raw) > 1:
         loss = loss + recipe.tar_beta * (out.last_raw[1:] - out.last_raw[:-1]).float().pow(2).mean()
@@ -435,15 +505,16 @@ def lm_loss(model: AWDLSTM, batch, state: State, recipe: DictConfig) -> tuple[to
 # ------------------------------------------------------------------------------------------------ metrics
 
 
-def evaluate(model: AWDLSTM, stream: torch.Tensor, bptt: int, split: str) -> dict[str, float]:
+def evaluate(model: AWDLSTM, stream: torch.Tensor, bptt: int, split: str, chunk: int | None = None
+             ) -> dict[str, float]:  # fmt: skip
     """Mean cross-entropy over every target of the split (all tokens but each stream's first), the hidden
     state carried through the whole split from a zero state; perplexity is its exp."""
     state = model.zero_state(stream.size(1))
     total = torch.zeros((), dtype=torch.float64, device=stream.device)
     for start in range(0, len(stream) - 1, bptt):
         targets = stream[start + 1 : start + 1 + bptt]
-        out = model(stream[start : start + len(targets)], state)
-        total += cross_entropy_sum(out.logits, targets).double()
+        out = model.features(stream[start : start + len(targets)], state)
+        total += decoded_cross_entropy_sum(model.decoder, out.last_dropped, targets, chunk).double()
         state = out.state
     mean = total / ((len(stream) - 1) * stream.size(1))
     return {f"{split}_loss": mean.item(), f"{split}_{PERPLEXITY.name}": mean.exp().item()}
@@ -468,7 +539,7 @@ def build(cfg: DictConfig, device: torch.device) -> Task:
         steps_per_epoch=windows_per_epoch(len(train), recipe.bptt),
         batches=partial(bptt_batches, train, recipe),
         loss=partial(lm_loss, recipe=recipe),
-        evaluate=lambda model, split: evaluate(model, evals[split], recipe.bptt, split),
+        evaluate=lambda model, split: evaluate(model, evals[split], recipe.bptt, split, recipe.loss_chunk),
         metric=PERPLEXITY,
         splits=("val", "test"),
         unit="tokens",

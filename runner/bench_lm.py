@@ -13,9 +13,10 @@ test perplexity below a count-based baseline on the same split? Settings: conf/b
      the same parameters and FLOPs per token. (RNNModel's own layout, untied from a hidden-wide decoder, would
      do 2.9x the softmax work for awd_lstm and flatter the recipe.)
    - the recipe loop: the real runner.loop.fit on recipes.wikitext2.build(cfg) with the recipe's defaults
-     (bf16 autocast where the CPU has native bf16, weight drop, locked and embedding dropout, AR/TAR,
-     variable BPTT, fused Adam-L2, the one-cycle schedule), and the `variants` that switch one speed-up off at
-     a time (fp32; the for-loop Adam), to show what gave the speed.
+     (bf16 autocast where the CPU has native bf16, the fused chunked decoder + cross-entropy, weight drop,
+     locked and embedding dropout, AR/TAR, variable BPTT, fused Adam-L2, the one-cycle schedule), and the
+     `variants` that switch one speed-up off at a time (fp32; the unfused cross-entropy; the for-loop Adam),
+     to show what gave the speed.
    A pass trains `warmup_steps` untimed steps then `steps` timed ones. The recipe loop runs one real epoch of
    fit over the whole training split, of which the task's `batches` yields only the first warmup + steps
    windows (fit then evaluates `eval_tokens` tokens of val and test and checkpoints, untimed); the clock runs

@@ -152,12 +152,13 @@ def test_last_layer_is_embedding_wide_and_the_state_carries_across_windows():
 
 
 # -------------------------------------------------------------------------------------------- loss, ppl
-def test_loss_adds_ar_and_tar_to_the_cross_entropy():
+@pytest.mark.parametrize("loss_chunk", [None, 4])
+def test_loss_adds_ar_and_tar_to_the_cross_entropy(loss_chunk):
     torch.manual_seed(0)
     model = tiny_model(
         dropout=0.0, dropout_hidden=0.0, dropout_input=0.0, dropout_embedding=0.0, weight_drop=0.0
     )
-    recipe = OmegaConf.create({"ar_alpha": 3.0, "tar_beta": 1.5})
+    recipe = OmegaConf.create({"ar_alpha": 3.0, "tar_beta": 1.5, "loss_chunk": loss_chunk})
     tokens = torch.randint(0, 11, (7, 2))
     batch, state = (tokens[:-1], tokens[1:]), model.zero_state(2)
     loss, _ = lm.lm_loss(model.train(), batch, state, recipe)
@@ -169,6 +170,61 @@ def test_loss_adds_ar_and_tar_to_the_cross_entropy():
         + 1.5 * ((h[1:] - h[:-1]) ** 2).mean()
     )
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 7, 64])  # one token, uneven, the whole batch, more than it
+def test_fused_decoder_cross_entropy_matches_linear_then_cross_entropy_and_their_gradients(chunk):
+    torch.manual_seed(0)
+    decoder = torch.nn.Linear(6, 13).double()
+    x = torch.randn(3, 4, 6, dtype=torch.float64, requires_grad=True)  # time x streams x features
+    targets = torch.randint(0, 13, (3, 4))
+    fused = lm.decoded_cross_entropy_sum(decoder, x, targets, chunk)
+    (fused * 0.7).backward()  # an upstream gradient other than 1
+    found = [t.grad.clone() for t in (x, decoder.weight, decoder.bias)]
+    for t in (x, decoder.weight, decoder.bias):
+        t.grad = None
+    plain = F.cross_entropy(
+        (x @ decoder.weight.T + decoder.bias).flatten(0, 1), targets.flatten(), reduction="sum"
+    )
+    (plain * 0.7).backward()
+    assert fused.item() == pytest.approx(plain.item(), rel=1e-12)
+    for got, t in zip(found, (x, decoder.weight, decoder.bias), strict=True):
+        assert torch.allclose(got, t.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_fused_cross_entropy_under_bf16_autocast_stays_within_bf16_rounding_of_fp32():
+    torch.manual_seed(0)
+    decoder = torch.nn.Linear(32, 500)
+    x = torch.randn(20, 10, 32, requires_grad=True)
+    targets = torch.randint(0, 500, (20, 10))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = lm.decoded_cross_entropy_sum(decoder, x, targets, 64)
+    fused.backward()
+    bf16_grad = decoder.weight.grad.clone()
+    decoder.weight.grad = None
+    lm.decoded_cross_entropy_sum(decoder, x, targets, None).backward()  # fp32, unfused
+    assert fused.dtype == torch.float32 and x.grad.dtype == torch.float32
+    assert fused.item() == pytest.approx(F.cross_entropy(decoder(x).flatten(0, 1), targets.flatten(),
+                                                         reduction="sum").item(), rel=1e-2)  # fmt: skip
+    assert (bf16_grad - decoder.weight.grad).abs().max() < 0.02 * decoder.weight.grad.abs().max()
+
+
+def test_fused_cross_entropy_without_grad_keeps_no_gradients():
+    decoder = torch.nn.Linear(4, 9)
+    x, targets = torch.randn(2, 3, 4), torch.randint(0, 9, (2, 3))
+    with torch.no_grad():
+        loss = lm.decoded_cross_entropy_sum(decoder, x, targets, 2)
+    assert not loss.requires_grad
+    assert loss.item() == pytest.approx(lm.cross_entropy_sum(decoder(x), targets).item(), rel=1e-5)
+
+
+def test_drop_connect_zeroes_about_p_and_scales_the_rest():
+    torch.manual_seed(0)
+    weight = torch.ones(400, 500)
+    dropped = lm.drop_connect(weight, 0.3)
+    zeroed = (dropped == 0).float().mean().item()
+    assert zeroed == pytest.approx(0.3, abs=0.005)  # 200,000 draws: std 0.001
+    assert torch.allclose(dropped[dropped != 0], torch.tensor(1 / 0.7))
 
 
 def test_perplexity_equals_a_token_by_token_computation():
