@@ -28,7 +28,7 @@ from omegaconf import MISSING, DictConfig
 from torch import nn
 
 from runner.config import DataConfig, check
-from runner.data import holdout
+from runner.data import holdout, read_once
 from runner.errors import UsageError
 from runner.recipe import ACCURACY, Task
 
@@ -79,6 +79,7 @@ CIFAR10_TEST = ["test_batch"]
 CIFAR10_PIXELS = 3 * 32 * 32
 
 
+@read_once
 def read_cifar10_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One python-pickle batch of cifar-10-python.tar.gz: 'data' N x 3072 uint8 (RGB planes), 'labels'."""
     try:
@@ -122,6 +123,7 @@ def download_cifar10(root: Path) -> None:
         raise UsageError(f"could not download CIFAR-10 to {root}: {err}") from err
 
 
+@read_once
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file (gzip), as LeCun's MNIST and Zalando's Fashion-MNIST ship them: magic, dims, then uint8."""
     try:

@@ -4,12 +4,16 @@ the real commands, run as a user runs them: `python -m runner.cli sweep|tune|tra
 from outside, with each run's own training seconds read back from its metrics.jsonl.
 
 1. Overhead per trial: a small `adamrun sweep sweep=lr_wd_grid` grid (conf/bench_sweeps.yaml: `grid`, `trial`).
-   A trial's training is the loop's train_s + eval_s over its evaluations; the sweep's overhead per trial is
-   (sweep wall x parallel trials - the trials' training) / trials, against a `reference_trial_s` (30 s) trial.
-   It is split into what each run spends outside its loop (data loading, model build, checkpoints, its row)
-   and what the sweep spends outside its runs (process start, imports, the grid's checks, Hydra, the
-   launcher's workers, the report at the end: paid once per sweep, so it shrinks with more trials). One
-   `adamrun train` of the same trial gives the same split for a single run, for context.
+   A trial's training is the loop's train_s + eval_s over its evaluations; the sweep's overhead is its wall
+   time x parallel trials less the trials' training, per trial against a `reference_trial_s` (30 s) trial.
+   Part of it is paid once per sweep (process start, imports, the grid's checks, Hydra's start, the launcher's
+   workers, the report at the end), part once per trial (Hydra's job, data, model, checkpoints, the row): each
+   layout also runs `short_grid` (fewer trials of the same kind), and the two sizes give the cost per sweep
+   and per added trial (overhead = per_sweep + trials x per_trial). The goal is read on the cost per trial;
+   the CSV also has the overhead per trial of this grid, and at the size of lr_wd_grid's own grid (32
+   trials, computed from the two costs). Each grid's overhead is also split into what its runs spend outside
+   their loop (row's wall_s - training) and the rest. One `adamrun train` of the same trial gives the same
+   split for a single run, for context.
 2. Throughput: the same grid under each `layouts` entry (1 job x 2 threads on Hydra's basic launcher, 2 jobs x
    1 thread on joblib), in trials per hour: which one should conf/sweep/lr_wd_grid.yaml default to here?
 3. Early stopping: the same search (conf/tune/<pruning.tune>) run twice through `adamrun tune`, with its pruner
@@ -110,6 +114,7 @@ class SweepsBench:
     overhead_goal: float = MISSING  # overhead per trial below this fraction of reference_trial_s
     trial: list[str] = MISSING  # overrides of every timed trial (and of the single adamrun train)
     grid: list[str] = MISSING  # the sweep's axes, replacing lr_wd_grid's
+    short_grid: list[str] = MISSING  # the same axes with fewer trials: with grid, splits the overhead
     layouts: list[Layout] = MISSING  # each runs the grid once; the first is the throughput baseline
     pruning: PruningSettings = MISSING
     work_dir: str | None = MISSING  # where the sweeps and searches run; null: a temporary folder, removed
@@ -209,8 +214,10 @@ def all_finished(trials: list[Trial], what: str) -> list[Trial]:
     return trials
 
 
-def sweep_command(s: DictConfig, layout: Layout, folder: Path) -> list[str]:
-    return adamrun("sweep", f"sweep={SWEEP}", *s.grid, *s.trial, *layout.overrides(), f"sweep_dir={folder}")
+def sweep_command(s: DictConfig, layout: Layout, folder: Path, axes: list[str] | None = None) -> list[str]:
+    """The sweep of `axes` (the section's grid unless given) under one layout."""
+    axes = list(s.grid) if axes is None else axes
+    return adamrun("sweep", f"sweep={SWEEP}", *axes, *s.trial, *layout.overrides(), f"sweep_dir={folder}")
 
 
 def train_command(s: DictConfig, threads: int, folder: Path) -> list[str]:
@@ -235,11 +242,34 @@ def overhead_row(what: str, wall_s: float, trials: list[Trial], parallel: int, s
         "parallel": parallel,
         "wall_s": round(wall_s, 2),
         "trial_training_s": round(statistics.mean(training), 2),  # mean over trials: train_s + eval_s
-        "overhead_per_trial_s": round(per_trial, 3),
+        "overhead_per_trial_s": round(per_trial, 3),  # at this many trials: the per-sweep part shared
         "in_run_s": round(in_runs, 3),  # per trial: data loading, model build, checkpoints, the row
         "outside_runs_s": round(per_trial - in_runs, 3),  # per trial: process, imports, Hydra, report
         "reference_trial_s": s.reference_trial_s,
         "overhead_vs_reference": round(per_trial / s.reference_trial_s, 4),
+    }
+
+
+def split_overhead(short: tuple[int, float], full: tuple[int, float]) -> tuple[float, float]:
+    """(per sweep, per trial) seconds from the overheads (slot-seconds outside training) of two grid sizes,
+    each (trials, overhead): overhead = per_sweep + trials x per_trial."""
+    (n_short, short_s), (n_full, full_s) = short, full
+    per_trial = (full_s - short_s) / (n_full - n_short)
+    return short_s - n_short * per_trial, per_trial
+
+
+def split_columns(row: dict, short: dict, s: DictConfig, default_trials: int) -> dict:
+    """The grid's row with its overhead split by the short grid's: the goal is read on the cost per trial."""
+    total = lambda r: r["overhead_per_trial_s"] * r["trials"]  # noqa: E731
+    per_sweep, per_trial = split_overhead((short["trials"], total(short)), (row["trials"], total(row)))
+    return row | {
+        "short_grid_trials": short["trials"],
+        "short_grid_wall_s": short["wall_s"],
+        "per_sweep_s": round(per_sweep, 3),
+        "per_trial_s": round(per_trial, 3),
+        "per_trial_vs_reference": round(per_trial / s.reference_trial_s, 4),
+        "default_grid_trials": default_trials,
+        "overhead_per_trial_at_default_grid_s": round(per_trial + per_sweep / default_trials, 3),
         "goal": s.overhead_goal,
         "goal_met": per_trial / s.reference_trial_s < s.overhead_goal,
     }
@@ -267,7 +297,10 @@ def throughput_rows(runs: list[tuple[Layout, float, list[Trial]]]) -> list[dict]
 
 
 def sweeps(s: DictConfig, work: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    from runner.sweep import Sweep, grid
+
     layouts = [OmegaConf.to_object(layout) for layout in s.layouts]
+    default_trials = Sweep(SWEEP, work, [], False, grid(SWEEP, [])).trials
     print(f"sweeps: one adamrun train ({layouts[0].threads} threads)", flush=True)
     single = work / "train"
     wall_s = timed(train_command(s, layouts[0].threads, single))
@@ -276,14 +309,18 @@ def sweeps(s: DictConfig, work: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     ]
     runs = []
     for layout in layouts:
-        folder = work / f"sweep-{layout.launcher}-{layout.jobs}x{layout.threads}"
-        print(f"sweeps: adamrun sweep, {layout.name} ({layout.launcher})", flush=True)
-        wall_s = timed(sweep_command(s, layout, folder))
-        trials = all_finished(read_trials(folder), f"sweep {layout.name}")
-        runs.append((layout, wall_s, trials))
         what = f"adamrun sweep, {layout.name} ({layout.launcher})"
-        overheads.append(overhead_row(what, wall_s, trials, layout.jobs, s))
-    return pd.DataFrame(overheads), pd.DataFrame(throughput_rows(runs))
+        grids = {}
+        for size, axes in (("short", list(s.short_grid)), ("full", list(s.grid))):
+            folder = work / f"sweep-{layout.launcher}-{layout.jobs}x{layout.threads}-{size}"
+            print(f"sweeps: {what}, {size} grid", flush=True)
+            wall_s = timed(sweep_command(s, layout, folder, axes))
+            grids[size] = (wall_s, all_finished(read_trials(folder), f"sweep {layout.name}, {size} grid"))
+        short, full = (overhead_row(what, *grids[size], layout.jobs, s) for size in ("short", "full"))
+        runs.append((layout, *grids["full"]))
+        overheads.append(split_columns(full, short, s, default_trials))
+    counts = {"short_grid_trials": "Int64", "default_grid_trials": "Int64"}  # blank on the train row
+    return pd.DataFrame(overheads).astype(counts), pd.DataFrame(throughput_rows(runs))
 
 
 # ------------------------------------------------------------------------------------------------ 3

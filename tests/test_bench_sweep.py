@@ -18,6 +18,8 @@ from runner.bench_sweep import (
     overhead_row,
     pruning_rows,
     saving,
+    split_columns,
+    split_overhead,
     throughput_rows,
     training_seconds,
     trials_per_hour,
@@ -68,8 +70,23 @@ def test_overhead_row_splits_the_overhead_into_in_run_and_outside():
     row = overhead_row("sweep", 100, trials, 1, section)
     assert row["overhead_per_trial_s"] == pytest.approx(3.333, abs=1e-3)
     assert row["in_run_s"] == 1 and row["outside_runs_s"] == pytest.approx(2.333, abs=1e-3)
-    assert row["overhead_vs_reference"] == pytest.approx(0.1111, abs=1e-4) and not row["goal_met"]
-    assert overhead_row("sweep", 91, trials, 1, section)["goal_met"]  # 1/3 s a trial: 1.1% of 30 s
+    assert row["overhead_vs_reference"] == pytest.approx(0.1111, abs=1e-4)
+
+
+def test_two_grid_sizes_split_the_overhead_into_per_sweep_and_per_trial():
+    """A sweep paying 8 s once and 0.5 s a trial: 2 trials overhead 9 s, 6 trials 11 s."""
+    assert split_overhead((2, 9.0), (6, 11.0)) == pytest.approx((8.0, 0.5))
+    section = OmegaConf.create({"reference_trial_s": 30, "overhead_goal": 0.05})
+    thirty = lambda n: [trial(f"t{i}", training_s=30) for i in range(n)]  # noqa: E731
+    short = overhead_row("s", 2 * 30 + 9, thirty(2), 1, section)  # 9 s outside training
+    full = overhead_row("s", (4 * 30 + 11) / 2, thirty(4), 2, section)  # 2 slots: 11 slot-seconds outside
+    row = split_columns(full, short, section, default_trials=32)
+    assert row["per_sweep_s"] == pytest.approx(7.0) and row["per_trial_s"] == pytest.approx(1.0)
+    assert row["overhead_per_trial_at_default_grid_s"] == pytest.approx(1 + 7 / 32, abs=1e-3)
+    assert row["per_trial_vs_reference"] == pytest.approx(1 / 30, abs=1e-4) and row["goal_met"]
+    slow = overhead_row("s", 4 * 30 + 13, thirty(4), 1, section)  # 13 s: 9 + 2 more trials x 2 s
+    assert split_columns(slow, short, section, 32)["per_trial_s"] == pytest.approx(2.0)
+    assert not split_columns(slow, short, section, 32)["goal_met"]  # 2 s a trial: 6.7% of 30 s
 
 
 def test_throughput_rows_compare_with_the_first_layout():
@@ -151,6 +168,12 @@ def test_the_section_settings_are_valid_commands(tmp_path):
             bench_sweep.sweep_command(section, OmegaConf.to_object(layout), tmp_path / "s")[4:]
         )
         assert planned.trials == 4
+        short = sweep.plan(
+            bench_sweep.sweep_command(
+                section, OmegaConf.to_object(layout), tmp_path / "s", list(section.short_grid)
+            )[4:]
+        )
+        assert short.trials == 2
     search = tune.plan(bench_sweep.search_arguments(section.pruning, "none", tmp_path / "t"))
     assert search.cfg.tune.pruner == "none" and search.cfg.data.name == "fashion_mnist"
     assert len(draw(search.cfg.tune.space, section.pruning.trials, section.pruning.seed)) == 10
@@ -162,6 +185,7 @@ def test_the_section_runs_end_to_end_on_tiny_trials(tmp_path):
     section = bench_sweep.settings()
     section.trial = TINY
     section.grid = ["optimizer=adamw", "optimizer.lr=1e-3", "optimizer.weight_decay=0,1e-2"]
+    section.short_grid = ["optimizer=adamw", "optimizer.lr=1e-3", "optimizer.weight_decay=0"]
     section.layouts = [Layout("basic", 1, 1), Layout("joblib", 2, 1)]
     section.pruning.trials = 3
     section.pruning.overrides = [*TINY[1:], "tune.startup_trials=1"]
@@ -175,6 +199,10 @@ def test_the_section_runs_end_to_end_on_tiny_trials(tmp_path):
     assert [r["trials"] for r in overhead] == ["1", "2", "2"] and all(
         float(r["trial_training_s"]) > 0 for r in overhead
     )
+    for row in overhead[1:]:  # the short grid's one trial against the grid's two
+        assert row["short_grid_trials"] == "1" and row["default_grid_trials"] == "32"
+        per_sweep, per_trial = float(row["per_sweep_s"]), float(row["per_trial_s"])
+        assert per_sweep + 2 * per_trial == pytest.approx(2 * float(row["overhead_per_trial_s"]), abs=0.01)
     assert [r["layout"] for r in tables["sweep_throughput"]] == ["1 job x 1 thread", "2 jobs x 1 thread"]
     pruned, unpruned = tables["pruning"]
     assert (pruned["pruner"], unpruned["pruner"]) == ("median", "none")

@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from recipes.cifar10 import load_images, random_crop_flip
+from runner.data import read_once
 from runner.errors import UsageError
 from tests.conftest import write_cifar10, write_fashion_mnist
 
@@ -75,3 +76,29 @@ def test_random_crop_flip_equals_slicing_each_image():
         crop = padded[i, :, dy[i] : dy[i] + 12, dx[i] : dx[i] + 10]
         torch.testing.assert_close(out[i], crop.flip(-1) if flips[i] else crop)
     assert flips.any() and not flips.all()
+
+
+def test_read_once_decodes_each_file_version_once_and_shares_it_read_only(tmp_path):
+    calls = []
+
+    @read_once
+    def read(path: Path) -> np.ndarray:
+        calls.append(path)
+        return np.frombuffer(path.read_bytes(), dtype=np.uint8).copy()
+
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"\x01\x02\x03")
+    first, second = read(path), read(tmp_path / "." / "data.bin")  # the same file by another name
+    assert len(calls) == 1 and first is second
+    with pytest.raises(ValueError, match="read-only"):
+        first[0] = 9
+    path.write_bytes(b"\x04\x05\x06\x07")  # a new version: read again
+    assert read(path).tolist() == [4, 5, 6, 7] and len(calls) == 2
+
+
+def test_a_trial_that_changes_its_images_leaves_the_next_trials_alone(tmp_path):
+    arrays = write_fashion_mnist(tmp_path, n_train=20, n_test=7)
+    first = load_images(data_cfg("fashion_mnist", tmp_path))
+    first.train_x.zero_()  # in place, as an augmentation might
+    again = load_images(data_cfg("fashion_mnist", tmp_path))
+    np.testing.assert_array_equal(again.train_x[:, 0].numpy(), arrays["train"][0])

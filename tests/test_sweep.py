@@ -202,6 +202,29 @@ def test_sweep_mistakes_are_one_line(monkeypatch, capsys, tmp_path, arguments, s
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize(
+    "axis,bad",
+    [("optimizer.lr", "-1"), ("trainer.epochs", "two"), ("optimizer.betas", "[0.9,1.5]"), ("seed", "1.5")],
+)
+def test_a_value_a_trial_would_refuse_stops_the_grid_with_what_compose_says(tmp_path, axis, bad):
+    """Other values of a plain axis are checked on the first trial's config, not composed again: the reason
+    given must be the one a full composition of that trial gives."""
+    from runner.config import compose
+    from runner.errors import UsageError
+    from runner.sweep import plan
+
+    fixed = ["data=fashion_mnist", "optimizer=adamw"]
+    with pytest.raises(UsageError) as composed:
+        compose(["sweep=lr_wd_grid", *fixed, f"{axis}={bad}"])
+    good = {"optimizer.lr": "1e-3", "trainer.epochs": "2", "optimizer.betas": "[0.9,0.99]", "seed": "0"}[axis]
+    axis_value = f"{axis}={good},{bad}" if not bad.startswith("[") else f"{axis}=[0.9,0.99],[0.9,1.5]"
+    with pytest.raises(UsageError) as checked:
+        plan(["sweep=lr_wd_grid", f"sweep_dir={tmp_path / 's'}", *fixed, axis_value])
+    prefix = f"grid axis {axis}={bad}: "
+    assert str(checked.value).startswith(prefix)
+    assert str(checked.value).removeprefix(prefix) in str(composed.value)  # Hydra's may add "Error merging"
+
+
 def test_a_sweep_folder_in_use_is_refused_and_a_resume_cannot_change_the_grid(monkeypatch, capsys, tmp_path):
     folder = tmp_path / "s"
     folder.mkdir()
