@@ -158,10 +158,10 @@ def test_loss_adds_ar_and_tar_to_the_cross_entropy(loss_chunk):
     model = tiny_model(
         dropout=0.0, dropout_hidden=0.0, dropout_input=0.0, dropout_embedding=0.0, weight_drop=0.0
     )
-    recipe = OmegaConf.create({"ar_alpha": 3.0, "tar_beta": 1.5, "loss_chunk": loss_chunk})
+    recipe = OmegaConf.create({"ar_alpha": 3.0, "tar_beta": 1.5})
     tokens = torch.randint(0, 11, (7, 2))
     batch, state = (tokens[:-1], tokens[1:]), model.zero_state(2)
-    loss, _ = lm.lm_loss(model.train(), batch, state, recipe)
+    loss, _ = lm.lm_loss(model.train(), batch, state, recipe, chunk=loss_chunk)
     out = model(batch[0], state)
     h = out.last_raw  # no dropout: dropped == raw
     expected = (
@@ -207,6 +207,15 @@ def test_fused_cross_entropy_under_bf16_autocast_stays_within_bf16_rounding_of_f
     assert fused.item() == pytest.approx(F.cross_entropy(decoder(x).flatten(0, 1), targets.flatten(),
                                                          reduction="sum").item(), rel=1e-2)  # fmt: skip
     assert (bf16_grad - decoder.weight.grad).abs().max() < 0.02 * decoder.weight.grad.abs().max()
+
+
+@pytest.mark.parametrize(
+    "impl,device,expected",
+    [("auto", "cpu", 512), ("auto", "cuda", None), ("fused", "cuda", 512), ("plain", "cpu", None)],
+)
+def test_the_loss_is_fused_on_the_cpu_unless_told(impl, device, expected):
+    recipe = lm_config(overrides=(f"recipe.loss_impl={impl}", "recipe.loss_chunk=512")).recipe
+    assert lm.decoding_chunk(recipe, torch.device(device)) == expected
 
 
 def test_fused_cross_entropy_without_grad_keeps_no_gradients():
