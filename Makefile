@@ -35,7 +35,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# The whole suite, slow tests included (about 1 minute); `pytest -m "not slow"` for a quick loop.
+# The whole suite, slow tests included (about 7 minutes on 2 cores); `pytest -m "not slow"` for a quick loop.
 # pytest exits 5 when it collects nothing: for this project that means the suite is broken, so say so.
 test: data lint
 	$(PY) -m pytest -q; rc=$$?; \

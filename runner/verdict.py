@@ -653,6 +653,12 @@ def n_runs(runs: pd.DataFrame, role: str | None = None) -> int:
     return int((runs["role"] == role).sum()) if role else len(runs)
 
 
+def arm_text(settings: dict, extra: list[str] = ()) -> str:
+    """The optimizer a study runs: its label, overrides (and `extra` ones) and weight decay."""
+    overrides = " ".join([*settings["arm"]["overrides"], *extra])
+    return f"{settings['arm']['label']} (`{overrides}`, weight decay {settings['weight_decay']:g} {settings['arm']['wd_name']})"
+
+
 def claim_line(settings: dict) -> str:
     text = f"Claim: {settings['claim']} Source: {settings['source']}: {settings['paper']}."
     return text + (f" Not tested here: {settings['untested']}." if settings["untested"] else "")
@@ -1011,8 +1017,7 @@ def analyze_schedules(runs: pd.DataFrame, curves: pd.DataFrame, settings: dict) 
     body = [
         claim_line(settings),
         "",
-        f"Design: {settings['arm']['label']} (`{' '.join(settings['arm']['overrides'])}`, weight decay "
-        f"{settings['weight_decay']:g} {settings['arm']['wd_name']}), each schedule's peak lr chosen on "
+        f"Design: {arm_text(settings)}, each schedule's peak lr chosen on "
         f"validation among {values_text(settings['lr'])} at {settings['select_budget']} epochs (seed 0); then every "
         f"budget of {values_text(settings['budgets'])} epochs with seeds {values_text(settings['seeds'])}. Each run "
         f'records when it first reaches {settings["target"] or "the target"} on validation. Our test of "far fewer '
@@ -1131,8 +1136,7 @@ def analyze_warmup(runs: pd.DataFrame, curves: pd.DataFrame, settings: dict) -> 
     body = [
         claim_line(settings),
         "",
-        f"Design: {settings['arm']['label']} (`{' '.join(settings['arm']['overrides'])} {' '.join(settings['trials'])}`, "
-        f"weight decay {settings['weight_decay']:g} {settings['arm']['wd_name']}) at peak lrs "
+        f"Design: {arm_text(settings, settings['trials'])} at peak lrs "
         f"{values_text(settings['lr'])}, with schedule.warmup = {', '.join(settings['warmups'])} (linear: the untuned "
         f"2 / (1 - beta2) steps of Ma & Yarats), seeds {values_text(settings['seeds'])}. A run is unstable when it "
         f"diverged (a non-finite loss) or ends below {100 * settings['unstable_below']:g}% validation accuracy; a "
