@@ -393,6 +393,8 @@ def train(
         results.check_new_run_dir(run_dir)
     if cfg.trainer.threads is not None:
         torch.set_num_threads(cfg.trainer.threads)
+    if cfg.resume:  # a run killed mid-write (SIGKILL) left its temporary file behind
+        results.remove_orphaned_temporaries(run_dir)
     saved = checkpoint.load(run_dir) if cfg.resume else None  # a corrupt one stops here, changing nothing
     task = recipe_module(cfg.recipe.name).build(cfg, resolve_device(cfg.trainer.device))
     check_target(cfg, task)

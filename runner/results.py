@@ -12,6 +12,7 @@ import csv
 import fcntl
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
@@ -71,6 +72,36 @@ def replaced_atomically(path: Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+TEMPORARY = re.compile(
+    r"^\..+\.(\d+)\.tmp(\.[^.]+)?$"
+)  # replaced_atomically's names: .<stem>.<pid>.tmp<suffix>
+
+
+def remove_orphaned_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files of writers that died mid-write (SIGKILL, or a worker its launcher killed),
+    which `finally` could not remove: the file each would have replaced is intact, so they are garbage. A
+    writer is known by the pid in the name; a live one's file is left alone. Returns the files removed."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp*"):
+        match = TEMPORARY.match(tmp.name)
+        if match and not process_alive(int(match.group(1))):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def write_text(path: Path, text: str) -> None:

@@ -141,7 +141,10 @@ def trial_lock(run_dir: Path, wait: bool = True) -> Iterator[bool]:
 
 def settle(folder: Path) -> None:
     """Trials whose row still says running but whom no process runs (a killed worker left its lock free)
-    were interrupted: their rows say so, and resume=true continues them."""
+    were interrupted: their rows say so, and resume=true continues them. A worker killed while it wrote a
+    checkpoint or a row leaves a temporary file, removed here."""
+    for run_dir in (d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        results.remove_orphaned_temporaries(run_dir)
     for row in results.read_rows(folder / "runs.csv"):
         run_dir = Path(row["run_dir"])
         if row["status"] != "running" or not run_dir.is_dir():

@@ -439,3 +439,53 @@ def test_a_write_that_fails_leaves_the_old_file_and_no_temporary(tmp_path):
         raise RuntimeError("killed mid-write")
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["runs.csv"]
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended (reaped: no process has it now, barring reuse within the test)."""
+    ended = subprocess.Popen([sys.executable, "-c", "pass"])
+    ended.wait()
+    return ended.pid
+
+
+def test_temporaries_of_writers_that_died_are_removed_and_live_ones_kept(tmp_path):
+    """SIGKILL mid-write skips replaced_atomically's cleanup: the next resume (or the sweep's settle) removes
+    what a dead writer left, by the pid in its name, and nothing else."""
+    dead, live = dead_pid(), os.getppid()
+    orphans = [tmp_path / f".checkpoint.{dead}.tmp.pt", tmp_path / f".metrics.{dead}.tmp.jsonl"]
+    kept = [tmp_path / f".checkpoint.{os.getpid()}.tmp.pt", tmp_path / f".run.{live}.tmp.json",
+            tmp_path / "checkpoint.pt", tmp_path / ".notes.tmp", tmp_path / f".x.{dead}.tmpfile"]  # fmt: skip
+    for path in (*orphans, *kept):
+        path.write_text("x")
+    assert sorted(results.remove_orphaned_temporaries(tmp_path)) == sorted(orphans)
+    assert sorted(tmp_path.iterdir()) == sorted(kept)
+
+
+def test_a_sweep_settles_the_temporaries_of_killed_workers(tmp_path):
+    from runner.sweep import settle
+
+    trial = tmp_path / "optimizer.lr=0.001"
+    trial.mkdir()
+    orphan = trial / f".checkpoint.{dead_pid()}.tmp.pt"
+    orphan.write_bytes(b"half a checkpoint")
+    (trial / "checkpoint.pt").write_bytes(b"the previous one")
+    settle(tmp_path)
+    assert sorted(p.name for p in trial.iterdir()) == ["checkpoint.pt"]
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_checkpoint_resumes_without_its_temporary(tmp_path, slow_fmnist):
+    """The state SIGKILL leaves when it lands inside torch.save: the old checkpoint and a dead writer's
+    temporary beside it. resume=true removes the temporary and finishes the run."""
+    run_dir = tmp_path / "results" / "run"
+    three_epochs = [o for o in tiny(slow_fmnist, tmp_path / "results") if not o.startswith("trainer.epochs")]
+    process = spawn([*three_epochs, "trainer.epochs=3", f"run_dir={run_dir}"])
+    wait_for(run_dir / "checkpoint.pt", process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    orphan = run_dir / f".checkpoint.{process.pid}.tmp.pt"
+    orphan.write_bytes(b"half a checkpoint")
+    resumed = subprocess.run([sys.executable, "-m", "runner.cli", "train", "resume=true", f"run_dir={run_dir}"],
+                             cwd=REPO, capture_output=True, text=True)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert not orphan.exists() and results.read_run(run_dir)["status"] == "finished"
