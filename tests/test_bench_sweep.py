@@ -70,7 +70,8 @@ def test_overhead_row_splits_the_overhead_into_in_run_and_outside():
     row = overhead_row("sweep", 100, trials, 1, section)
     assert row["overhead_per_trial_s"] == pytest.approx(3.333, abs=1e-3)
     assert row["in_run_s"] == 1 and row["outside_runs_s"] == pytest.approx(2.333, abs=1e-3)
-    assert row["overhead_vs_reference"] == pytest.approx(0.1111, abs=1e-4)
+    assert row["overhead_vs_reference"] == pytest.approx(0.1111, abs=1e-4) and not row["goal_met"]
+    assert overhead_row("sweep", 91, trials, 1, section)["goal_met"]  # 1/3 s a trial: 1.1% of 30 s
 
 
 def test_two_grid_sizes_split_the_overhead_into_per_sweep_and_per_trial():
@@ -80,13 +81,12 @@ def test_two_grid_sizes_split_the_overhead_into_per_sweep_and_per_trial():
     thirty = lambda n: [trial(f"t{i}", training_s=30) for i in range(n)]  # noqa: E731
     short = overhead_row("s", 2 * 30 + 9, thirty(2), 1, section)  # 9 s outside training
     full = overhead_row("s", (4 * 30 + 11) / 2, thirty(4), 2, section)  # 2 slots: 11 slot-seconds outside
-    row = split_columns(full, short, section, default_trials=32)
+    row = split_columns(full, short, section)
     assert row["per_sweep_s"] == pytest.approx(7.0) and row["per_trial_s"] == pytest.approx(1.0)
-    assert row["overhead_per_trial_at_default_grid_s"] == pytest.approx(1 + 7 / 32, abs=1e-3)
-    assert row["per_trial_vs_reference"] == pytest.approx(1 / 30, abs=1e-4) and row["goal_met"]
+    assert row["per_trial_vs_reference"] == pytest.approx(1 / 30, abs=1e-4) and row["short_grid_trials"] == 2
+    assert row["goal_met"] == full["goal_met"] == (11 / 4 / 30 < 0.05)  # read on the grid's own overhead
     slow = overhead_row("s", 4 * 30 + 13, thirty(4), 1, section)  # 13 s: 9 + 2 more trials x 2 s
-    assert split_columns(slow, short, section, 32)["per_trial_s"] == pytest.approx(2.0)
-    assert not split_columns(slow, short, section, 32)["goal_met"]  # 2 s a trial: 6.7% of 30 s
+    assert split_columns(slow, short, section)["per_trial_s"] == pytest.approx(2.0)
 
 
 def test_throughput_rows_compare_with_the_first_layout():
@@ -200,7 +200,7 @@ def test_the_section_runs_end_to_end_on_tiny_trials(tmp_path):
         float(r["trial_training_s"]) > 0 for r in overhead
     )
     for row in overhead[1:]:  # the short grid's one trial against the grid's two
-        assert row["short_grid_trials"] == "1" and row["default_grid_trials"] == "32"
+        assert row["short_grid_trials"] == "1" and row["goal_met"] in ("True", "False")
         per_sweep, per_trial = float(row["per_sweep_s"]), float(row["per_trial_s"])
         assert per_sweep + 2 * per_trial == pytest.approx(2 * float(row["overhead_per_trial_s"]), abs=0.01)
     assert [r["layout"] for r in tables["sweep_throughput"]] == ["1 job x 1 thread", "2 jobs x 1 thread"]
