@@ -32,7 +32,6 @@ def read_once(read: Callable[[Path], Decoded]) -> Callable[[Path], Decoded]:
         stat = Path(path).stat()
         return decoded(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
 
-    reader.cache_clear = decoded.cache_clear
     return reader
 
 

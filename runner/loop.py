@@ -393,9 +393,10 @@ def train(
         results.check_new_run_dir(run_dir)
     if cfg.trainer.threads is not None:
         torch.set_num_threads(cfg.trainer.threads)
-    if cfg.resume:  # a run killed mid-write (SIGKILL) left its temporary file behind
-        results.remove_orphaned_temporaries(run_dir)
-    saved = checkpoint.load(run_dir) if cfg.resume else None  # a corrupt one stops here, changing nothing
+    saved = None
+    if cfg.resume:
+        results.remove_orphaned_temporaries(run_dir)  # a run killed mid-write (SIGKILL) left one behind
+        saved = checkpoint.load(run_dir)  # a corrupt one stops here, changing nothing
     task = recipe_module(cfg.recipe.name).build(cfg, resolve_device(cfg.trainer.device))
     check_target(cfg, task)
     prior_wall_s, segments = float(record.get("wall_s") or 0.0), record.get("segments", 0) + 1

@@ -74,9 +74,8 @@ def replaced_atomically(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-TEMPORARY = re.compile(
-    r"^\..+\.(\d+)\.tmp(\.[^.]+)?$"
-)  # replaced_atomically's names: .<stem>.<pid>.tmp<suffix>
+# replaced_atomically's names, .<stem>.<pid>.tmp<suffix>: the pid tells whether the writer still lives
+TEMPORARY = re.compile(r"^\..+\.(\d+)\.tmp(\.[^.]+)?$")
 
 
 def remove_orphaned_temporaries(folder: Path) -> list[Path]:
