@@ -253,14 +253,15 @@ def sparsify_bert(overrides: Overrides = None, debug: Debug = False) -> None:
 
 def show_report(folder, group_by: str = "optimizer") -> None:
     """Write the folder's report (tables, plots, report.md) and print its tables."""
-    from runner.report import best_table, summary_table, write_report
+    from runner import import_frozen
 
-    written = write_report(folder, group_by=group_by)
+    report = import_frozen("runner.report")  # pandas
+    written = report.write_report(folder, group_by=group_by)
     if written.summary.empty:
         console.print(f"no finished runs in {written.folder} yet", markup=False)
     else:
-        console.print(summary_table(written))
-        console.print(best_table(written))
+        console.print(report.summary_table(written))
+        console.print(report.best_table(written))
     for name, why in written.skipped.items():
         console.print(f"{name}.png not drawn: {why}", markup=False)
     console.print(f"wrote {written.path('report')}", markup=False)

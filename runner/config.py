@@ -8,7 +8,6 @@ tests and users' own scripts all call it.
 
 from __future__ import annotations
 
-import importlib
 import math
 import re
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from runner import import_frozen
 from runner.errors import UsageError
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -524,7 +524,7 @@ def recipe_module(name: str) -> ModuleType:
     """recipes/<name>.py: its SCHEMAS and build(cfg, device) (the contract in runner/recipe.py)."""
     if not (CONF_DIR / "recipe" / f"{name}.yaml").exists():
         raise UsageError(f"unknown recipe '{name}'; valid choices: {', '.join(group_options('recipe'))}")
-    return importlib.import_module(f"recipes.{name}")
+    return import_frozen(f"recipes.{name}")  # torch, the first time
 
 
 def typed(plain: DictConfig, top: type = TrainConfig) -> DictConfig:

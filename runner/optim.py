@@ -18,6 +18,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 from omegaconf import DictConfig
 
+from runner import import_frozen
 from runner.config import DecayMode, Family, Impl
 from runner.recipe import ParamGroup, all_parameters
 
@@ -164,6 +165,7 @@ def build_optimizer(
 
     `train_size` (examples per epoch) is needed only for `optimizer.normalized_wd`.
     """
+    import_frozen("torch._dynamo")  # torch.optim imports it when it builds its first optimizer (a second)
     opt = cfg.optimizer
     torch_groups = [
         g

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from runner import import_frozen
 from runner.errors import UsageError
 from runner.results import RUN_COLUMNS, replaced_atomically, runs_table, write_text
 
@@ -408,9 +409,9 @@ def metric_label(metric: str, split: str, goal: str) -> str:
 
 
 def new_figure(figsize: tuple[float, float]):
-    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+    figure = import_frozen("matplotlib.figure")  # no pyplot: no global state, no GUI backend
 
-    return Figure(figsize=figsize, dpi=DPI, layout="constrained")
+    return figure.Figure(figsize=figsize, dpi=DPI, layout="constrained")
 
 
 def save(fig, path: Path) -> None:
