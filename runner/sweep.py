@@ -32,16 +32,18 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from runner import results, signals
+from runner import import_frozen, results, signals
 from runner.config import (
     CONF_DIR,
     compose,
     group_options,
     one_line,
     quote_target,
+    recipe_module,
     register_schemas,
     typed,
     validate,
@@ -177,6 +179,61 @@ def key_of(override: str) -> str:
 
 def value_of(override: str) -> str:
     return override.split("=", 1)[1] if "=" in override else ""
+
+
+# ------------------------------------------------------------------------------------------ warm workers
+class WarmWorkers(Callback):
+    """Hydra callback: under the joblib launcher, start its worker processes and their imports (torch, the
+    loop, the recipe: about 3 s each) while this process still composes and checks every trial's config (0.1 s
+    a trial), rather than after. The warm-up runs on the loky executor that the launcher's Parallel then
+    reuses, since joblib reuses an executor created with the same settings: they come from the launcher's
+    own config, passed as the launcher passes them. Holds nothing: Hydra sends it to every job."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        launcher = config.hydra.launcher
+        if str(launcher._target_).endswith("JoblibLauncher"):
+            settings = {
+                k: v for k, v in OmegaConf.to_container(launcher, resolve=True).items() if k != "_target_"
+            }
+            warming = threading.Thread(
+                target=warm_workers, args=(settings, str(config.recipe.name)), daemon=True
+            )
+            WARMING.append(warming)
+            warming.start()
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        while WARMING:
+            WARMING.pop().join()
+
+
+WARMING: list[threading.Thread] = []  # this process's warm-up, joined when the sweep ends
+
+
+def warm_workers(settings: dict, recipe: str) -> set[int]:
+    """One warm-up per worker of the launcher's loky executor: the workers' pids. A failure changes nothing
+    (none): the trials meet the same error and record it."""
+    from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
+    from joblib import Parallel, delayed, effective_n_jobs
+
+    settings = settings | {"backend": "loky"}  # as the launcher sets it
+    process_joblib_cfg(settings)
+    try:
+        return set(
+            Parallel(**settings)(
+                delayed(warm_up)(recipe) for _ in range(effective_n_jobs(settings["n_jobs"]))
+            )
+        )
+    except Exception:  # noqa: BLE001
+        logging.getLogger(__name__).debug("warming the workers failed:\n%s", traceback.format_exc())
+        return set()
+
+
+def warm_up(recipe: str) -> int:
+    """What a worker imports before its first trial."""
+    recipe_module(recipe)  # torch
+    import_frozen("torch._dynamo")  # torch.optim's, when it builds its first optimizer
+    import_frozen("runner.loop")
+    return os.getpid()
 
 
 # ------------------------------------------------------------------------------------------ the sweep
@@ -326,6 +383,7 @@ def hydra_settings(sweep: Sweep) -> list[str]:
         "hydra.job.chdir=False",
         f"results_dir={sweep.dir}",
         "trainer.progress=false",  # parallel trials share a terminal: the sweep prints a line per trial
+        "+hydra.callbacks.warm_workers._target_=runner.sweep.WarmWorkers",  # joblib: workers start early
     ]
     launcher = next((value_of(o) for o in sweep.overrides if key_of(o) == "hydra/launcher"), "")
     given = {key_of(o) for o in sweep.overrides}

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 
 from recipes.cifar10 import load_images
 from runner import results
-from runner.sweep import threads_per_trial, trial_dirname
+from runner.sweep import threads_per_trial, trial_dirname, warm_workers
 from tests.test_faults import adamrun, assert_one_line
 
 REPO = Path(__file__).resolve().parents[1]
@@ -263,6 +263,27 @@ def test_parallel_trials_split_the_cores(monkeypatch, launcher, expected):
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     hydra = OmegaConf.create({"launcher": launcher, "sweeper": {"max_batch_size": 4}})
     assert threads_per_trial(hydra) == expected
+
+
+def pid_after(seconds: float) -> int:
+    time.sleep(seconds)  # long enough that every worker takes a task
+    return os.getpid()
+
+
+def test_the_joblib_launcher_runs_its_trials_in_the_warmed_workers():
+    """WarmWorkers' premise: joblib reuses the loky executor created with the launcher's own settings, so the
+    launcher's trials run in the processes that already imported torch and the recipe, not in new ones."""
+    from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
+    from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
+    from joblib import Parallel, delayed
+
+    launcher = OmegaConf.merge(OmegaConf.structured(JobLibLauncherConf), {"n_jobs": 2})
+    settings = {k: v for k, v in OmegaConf.to_container(launcher).items() if k != "_target_"}
+    warmed = warm_workers(settings, "cifar10")
+    launched = settings | {"backend": "loky"}  # what hydra_joblib_launcher._core.launch hands to Parallel
+    process_joblib_cfg(launched)
+    used = set(Parallel(**launched)(delayed(pid_after)(0.5) for _ in range(4)))
+    assert len(warmed) == 2 and used == warmed
 
 
 def test_the_validation_split_is_disjoint_stratified_and_the_same_for_every_run():
