@@ -3,17 +3,19 @@ machine (issue "Sweeps and searches", section Performance: ratios measured in on
 the real commands, run as a user runs them: `python -m runner.cli sweep|tune|train ...` subprocesses, timed
 from outside, with each run's own training seconds read back from its metrics.jsonl.
 
-1. Overhead per trial: a small `adamrun sweep sweep=lr_wd_grid` grid (conf/bench_sweeps.yaml: `grid`, `trial`).
-   A trial's training is the loop's train_s + eval_s over its evaluations; the sweep's overhead is its wall
-   time x parallel trials less the trials' training, per trial against a `reference_trial_s` (30 s) trial.
-   Part of it is paid once per sweep (process start, imports, the grid's checks, Hydra's start, the launcher's
-   workers, the report at the end), part once per trial (Hydra's job, data, model, checkpoints, the row): each
-   layout also runs `short_grid` (fewer trials of the same kind), and the two sizes give a rough split into
-   the cost per sweep and per added trial (overhead = per_sweep + trials x per_trial). The goal is read on the
-   grid's own overhead per trial, the figure a user of a grid this small pays. Each grid's overhead is also
-   split into what its runs spend outside their loop (row's wall_s - training) and the rest. One `adamrun
-   train` of the same trial gives the same split for a single run, for context.
-2. Throughput: the same grid under each `layouts` entry (1 job x 2 threads on Hydra's basic launcher, 2 jobs x
+1. Overhead per trial: `adamrun sweep sweep=lr_wd_grid` at two sizes, under each layout. A trial's training
+   is the loop's train_s + eval_s over its evaluations; the sweep's overhead is its wall time x parallel trials
+   less the trials' training, per trial, against a `reference_trial_s` (30 s) trial. Part of it is paid once
+   per sweep (process start, imports, Hydra's start and its check of every trial's config, the launcher's
+   workers, the report at the end), part once per trial (Hydra's job, data, model, checkpoints, the row), so
+   the figure depends on the grid's size: `default_grid` is lr_wd_grid as it ships (32 trials, the sweep a user
+   runs first, where the goal is read), with trials shortened to fit the bench (`default_trial`: the same
+   epochs and evaluations on fewer images; the overhead is seconds outside training, whatever a trial's
+   length); `grid` is a 4-trial grid of full-length trials (`trial`: about 25 s of training on one core), the
+   smallest sweep worth running, where the per-sweep part weighs most. Each row also splits its overhead into what its runs spend outside their
+   loop (row's wall_s - training) and the rest. One `adamrun train` of the same trial does the same for a
+   single run, for context.
+2. Throughput: both grids under each `layouts` entry (1 job x 2 threads on Hydra's basic launcher, 2 jobs x
    1 thread on joblib), in trials per hour: which one should conf/sweep/lr_wd_grid.yaml default to here?
 3. Early stopping: the same search (conf/tune/<pruning.tune>) run twice through `adamrun tune`, with its pruner
    and with tune.pruner=none, both studies fed the same trials in the same order (drawn once from the search
@@ -111,10 +113,11 @@ class PruningSettings:
 class SweepsBench:
     reference_trial_s: float = MISSING  # s: the trial length the overhead goal is stated for
     overhead_goal: float = MISSING  # overhead per trial below this fraction of reference_trial_s
-    trial: list[str] = MISSING  # overrides of every timed trial (and of the single adamrun train)
-    grid: list[str] = MISSING  # the sweep's axes, replacing lr_wd_grid's
-    short_grid: list[str] = MISSING  # the same axes with fewer trials: with grid, splits the overhead
-    layouts: list[Layout] = MISSING  # each runs the grid once; the first is the throughput baseline
+    trial: list[str] = MISSING  # overrides of every trial of the small grid (and of the single adamrun train)
+    grid: list[str] = MISSING  # the small grid's axes, replacing lr_wd_grid's
+    default_trial: list[str] = MISSING  # overrides of every trial of the default-size grid
+    default_grid: list[str] = MISSING  # its axes: empty for lr_wd_grid's own (tests shrink it)
+    layouts: list[Layout] = MISSING  # each runs both grids; the first is the throughput baseline
     pruning: PruningSettings = MISSING
     work_dir: str | None = MISSING  # where the sweeps and searches run; null: a temporary folder, removed
 
@@ -213,10 +216,11 @@ def all_finished(trials: list[Trial], what: str) -> list[Trial]:
     return trials
 
 
-def sweep_command(s: DictConfig, layout: Layout, folder: Path, axes: list[str] | None = None) -> list[str]:
-    """The sweep of `axes` (the section's grid unless given) under one layout."""
-    axes = list(s.grid) if axes is None else axes
-    return adamrun("sweep", f"sweep={SWEEP}", *axes, *s.trial, *layout.overrides(), f"sweep_dir={folder}")
+def sweep_command(s: DictConfig, layout: Layout, folder: Path, size: str = "small") -> list[str]:
+    """The small grid (`grid` of `trial`s) or the default-size one (`default_grid` of `default_trial`s) under
+    one layout."""
+    axes, trial = (s.grid, s.trial) if size == "small" else (s.default_grid, s.default_trial)
+    return adamrun("sweep", f"sweep={SWEEP}", *axes, *trial, *layout.overrides(), f"sweep_dir={folder}")
 
 
 def train_command(s: DictConfig, threads: int, folder: Path) -> list[str]:
@@ -231,12 +235,16 @@ def train_command(s: DictConfig, threads: int, folder: Path) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ 1 and 2
-def overhead_row(what: str, wall_s: float, trials: list[Trial], parallel: int, s: DictConfig) -> dict:
+def overhead_row(
+    what: str, wall_s: float, trials: list[Trial], parallel: int, s: DictConfig, grid: str = ""
+) -> dict:
+    """`grid`: small or default (a sweep's), blank for a single run."""
     training = [t.training_s for t in trials]
     per_trial = overhead_per_trial(wall_s, training, parallel)
     in_runs = statistics.mean(t.wall_s - t.training_s for t in trials)
     return {
         "what": what,
+        "grid": grid,
         "trials": len(trials),
         "parallel": parallel,
         "wall_s": round(wall_s, 2),
@@ -251,34 +259,12 @@ def overhead_row(what: str, wall_s: float, trials: list[Trial], parallel: int, s
     }
 
 
-def split_overhead(short: tuple[int, float], full: tuple[int, float]) -> tuple[float, float]:
-    """(per sweep, per trial) seconds from the overheads (slot-seconds outside training) of two grid sizes,
-    each (trials, overhead): overhead = per_sweep + trials x per_trial."""
-    (n_short, short_s), (n_full, full_s) = short, full
-    per_trial = (full_s - short_s) / (n_full - n_short)
-    return short_s - n_short * per_trial, per_trial
-
-
-def split_columns(row: dict, short: dict, s: DictConfig) -> dict:
-    """The grid's row with its overhead split by the short grid's into per sweep and per added trial: a
-    difference of two timings, so rough (a second of jitter in a sweep's start moves it by half a second a
-    trial); the goal stays read on the grid's own overhead."""
-    total = lambda r: r["overhead_per_trial_s"] * r["trials"]  # noqa: E731
-    per_sweep, per_trial = split_overhead((short["trials"], total(short)), (row["trials"], total(row)))
-    return row | {
-        "short_grid_trials": short["trials"],
-        "short_grid_wall_s": short["wall_s"],
-        "per_sweep_s": round(per_sweep, 3),
-        "per_trial_s": round(per_trial, 3),
-        "per_trial_vs_reference": round(per_trial / s.reference_trial_s, 4),
-    }
-
-
-def throughput_rows(runs: list[tuple[Layout, float, list[Trial]]]) -> list[dict]:
-    """Trials per hour of each layout; the first is the baseline of the ratios."""
+def throughput_rows(runs: list[tuple[Layout, float, list[Trial]]], grid: str = "") -> list[dict]:
+    """Trials per hour of each layout on one grid; the first is the baseline of the ratios."""
     speeds = [trials_per_hour(len(trials), wall_s) for _, wall_s, trials in runs]
     return [
         {
+            "grid": grid,
             "layout": layout.name,
             "launcher": str(layout.launcher),
             "jobs": layout.jobs,
@@ -303,20 +289,18 @@ def sweeps(s: DictConfig, work: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     overheads = [
         overhead_row("adamrun train (one run)", wall_s, all_finished(read_trials(single), "train"), 1, s)
     ]
-    runs = []
+    runs = {"small": [], "default": []}
     for layout in layouts:
         what = f"adamrun sweep, {layout.name} ({layout.launcher})"
-        grids = {}
-        for size, axes in (("short", list(s.short_grid)), ("full", list(s.grid))):
+        for size in ("small", "default"):
             folder = work / f"sweep-{layout.launcher}-{layout.jobs}x{layout.threads}-{size}"
             print(f"sweeps: {what}, {size} grid", flush=True)
-            wall_s = timed(sweep_command(s, layout, folder, axes))
-            grids[size] = (wall_s, all_finished(read_trials(folder), f"sweep {layout.name}, {size} grid"))
-        short, full = (overhead_row(what, *grids[size], layout.jobs, s) for size in ("short", "full"))
-        runs.append((layout, *grids["full"]))
-        overheads.append(split_columns(full, short, s))
-    counts = {"short_grid_trials": "Int64"}  # blank on the train row
-    return pd.DataFrame(overheads).astype(counts), pd.DataFrame(throughput_rows(runs))
+            wall_s = timed(sweep_command(s, layout, folder, size))
+            trials = all_finished(read_trials(folder), f"sweep {layout.name}, {size} grid")
+            overheads.append(overhead_row(what, wall_s, trials, layout.jobs, s, grid=size))
+            runs[size].append((layout, wall_s, trials))
+    speeds = [row for size, timed_runs in runs.items() for row in throughput_rows(timed_runs, size)]
+    return pd.DataFrame(overheads), pd.DataFrame(speeds)
 
 
 # ------------------------------------------------------------------------------------------------ 3
@@ -452,10 +436,16 @@ def run(cfg: DictConfig, out: Path, env: dict, section: DictConfig | None = None
 
 
 def verdict(throughput: pd.DataFrame) -> str:
-    """Which layout conf/sweep/lr_wd_grid.yaml should default to, on this machine."""
-    fastest = throughput.loc[throughput["trials_per_hour"].idxmax()]
-    others = throughput.drop(index=fastest.name)
-    margin = ", ".join(
-        f"{fastest.trials_per_hour / r.trials_per_hour:.2f}x {r.layout}" for r in others.itertuples()
-    )
-    return f"sweep throughput: fastest here is {fastest.layout} ({fastest.launcher}), {margin or 'alone'}"
+    """Which layout conf/sweep/lr_wd_grid.yaml should default to, on this machine: the fastest on each grid."""
+    lines = []
+    for grid, rows in throughput.groupby("grid", sort=False):
+        fastest = rows.loc[rows["trials_per_hour"].idxmax()]
+        others = rows.drop(index=fastest.name)
+        margin = ", ".join(
+            f"{fastest.trials_per_hour / r.trials_per_hour:.2f}x {r.layout}" for r in others.itertuples()
+        )
+        lines.append(
+            f"sweep throughput, {grid or 'one'} grid: fastest here is {fastest.layout} ({fastest.launcher}), "
+            f"{margin or 'alone'}"
+        )
+    return "\n".join(lines)

@@ -18,8 +18,6 @@ from runner.bench_sweep import (
     overhead_row,
     pruning_rows,
     saving,
-    split_columns,
-    split_overhead,
     throughput_rows,
     training_seconds,
     trials_per_hour,
@@ -74,33 +72,25 @@ def test_overhead_row_splits_the_overhead_into_in_run_and_outside():
     assert overhead_row("sweep", 91, trials, 1, section)["goal_met"]  # 1/3 s a trial: 1.1% of 30 s
 
 
-def test_two_grid_sizes_split_the_overhead_into_per_sweep_and_per_trial():
-    """A sweep paying 8 s once and 0.5 s a trial: 2 trials overhead 9 s, 6 trials 11 s."""
-    assert split_overhead((2, 9.0), (6, 11.0)) == pytest.approx((8.0, 0.5))
-    section = OmegaConf.create({"reference_trial_s": 30, "overhead_goal": 0.05})
-    thirty = lambda n: [trial(f"t{i}", training_s=30) for i in range(n)]  # noqa: E731
-    short = overhead_row("s", 2 * 30 + 9, thirty(2), 1, section)  # 9 s outside training
-    full = overhead_row("s", (4 * 30 + 11) / 2, thirty(4), 2, section)  # 2 slots: 11 slot-seconds outside
-    row = split_columns(full, short, section)
-    assert row["per_sweep_s"] == pytest.approx(7.0) and row["per_trial_s"] == pytest.approx(1.0)
-    assert row["per_trial_vs_reference"] == pytest.approx(1 / 30, abs=1e-4) and row["short_grid_trials"] == 2
-    assert row["goal_met"] == full["goal_met"] == (11 / 4 / 30 < 0.05)  # read on the grid's own overhead
-    slow = overhead_row("s", 4 * 30 + 13, thirty(4), 1, section)  # 13 s: 9 + 2 more trials x 2 s
-    assert split_columns(slow, short, section)["per_trial_s"] == pytest.approx(2.0)
-
-
-def test_throughput_rows_compare_with_the_first_layout():
-    serial, parallel = Layout("basic", 1, 2), Layout("joblib", 2, 1)
-    four = [trial(f"t{i}", training_s=20) for i in range(4)]
-    rows = throughput_rows([(serial, 120, four), (parallel, 90, four)])
-    assert [r["layout"] for r in rows] == ["1 job x 2 threads", "2 jobs x 1 thread"]
-    assert [r["trials_per_hour"] for r in rows] == [120, 160]
-    assert [r["vs_baseline"] for r in rows] == [1, 1.333] and [r["fastest"] for r in rows] == [False, True]
+def test_throughput_rows_compare_with_the_first_layout_of_each_grid():
     import pandas as pd
 
-    assert "fastest here is 2 jobs x 1 thread (joblib), 1.33x 1 job x 2 threads" in verdict(
-        pd.DataFrame(rows)
-    )
+    serial, parallel = Layout("basic", 1, 2), Layout("joblib", 2, 1)
+    four = [trial(f"t{i}", training_s=20) for i in range(4)]
+    rows = throughput_rows([(serial, 120, four), (parallel, 90, four)], "small")
+    assert [r["layout"] for r in rows] == ["1 job x 2 threads", "2 jobs x 1 thread"]
+    assert [r["trials_per_hour"] for r in rows] == [120, 160] and {r["grid"] for r in rows} == {"small"}
+    assert [r["vs_baseline"] for r in rows] == [1, 1.333] and [r["fastest"] for r in rows] == [False, True]
+    eight = [trial(f"t{i}", training_s=5) for i in range(8)]
+    rows += throughput_rows([(serial, 48, eight), (parallel, 60, eight)], "default")  # 600 and 480 an hour
+    assert [r["vs_baseline"] for r in rows[2:]] == [1, 0.8] and [r["fastest"] for r in rows[2:]] == [
+        True,
+        False,
+    ]
+    assert verdict(pd.DataFrame(rows)).splitlines() == [
+        "sweep throughput, small grid: fastest here is 2 jobs x 1 thread (joblib), 1.33x 1 job x 2 threads",
+        "sweep throughput, default grid: fastest here is 1 job x 2 threads (basic), 1.25x 2 jobs x 1 thread",
+    ]
 
 
 def test_pruning_rows_count_the_saving_and_whether_the_best_trial_survived():
@@ -168,12 +158,10 @@ def test_the_section_settings_are_valid_commands(tmp_path):
             bench_sweep.sweep_command(section, OmegaConf.to_object(layout), tmp_path / "s")[4:]
         )
         assert planned.trials == 4
-        short = sweep.plan(
-            bench_sweep.sweep_command(
-                section, OmegaConf.to_object(layout), tmp_path / "s", list(section.short_grid)
-            )[4:]
+        default = sweep.plan(
+            bench_sweep.sweep_command(section, OmegaConf.to_object(layout), tmp_path / "s", "default")[4:]
         )
-        assert short.trials == 2
+        assert default.trials == 32 and default.axes == sweep.grid("lr_wd_grid", [])  # the grid as shipped
     search = tune.plan(bench_sweep.search_arguments(section.pruning, "none", tmp_path / "t"))
     assert search.cfg.tune.pruner == "none" and search.cfg.data.name == "fashion_mnist"
     assert len(draw(search.cfg.tune.space, section.pruning.trials, section.pruning.seed)) == 10
@@ -185,7 +173,8 @@ def test_the_section_runs_end_to_end_on_tiny_trials(tmp_path):
     section = bench_sweep.settings()
     section.trial = TINY
     section.grid = ["optimizer=adamw", "optimizer.lr=1e-3", "optimizer.weight_decay=0,1e-2"]
-    section.short_grid = ["optimizer=adamw", "optimizer.lr=1e-3", "optimizer.weight_decay=0"]
+    section.default_trial = TINY
+    section.default_grid = ["optimizer=adamw", "optimizer.lr=1e-3,3e-3", "optimizer.weight_decay=0,1e-2"]
     section.layouts = [Layout("basic", 1, 1), Layout("joblib", 2, 1)]
     section.pruning.trials = 3
     section.pruning.overrides = [*TINY[1:], "tune.startup_trials=1"]
@@ -196,14 +185,16 @@ def test_the_section_runs_end_to_end_on_tiny_trials(tmp_path):
     tables = {p.stem: list(csv.DictReader(p.open())) for p in written}
     assert all(row["cpu"] == "test cpu" for rows in tables.values() for row in rows)
     overhead = tables["sweep_overhead"]
-    assert [r["trials"] for r in overhead] == ["1", "2", "2"] and all(
-        float(r["trial_training_s"]) > 0 for r in overhead
-    )
-    for row in overhead[1:]:  # the short grid's one trial against the grid's two
-        assert row["short_grid_trials"] == "1" and row["goal_met"] in ("True", "False")
-        per_sweep, per_trial = float(row["per_sweep_s"]), float(row["per_trial_s"])
-        assert per_sweep + 2 * per_trial == pytest.approx(2 * float(row["overhead_per_trial_s"]), abs=0.01)
-    assert [r["layout"] for r in tables["sweep_throughput"]] == ["1 job x 1 thread", "2 jobs x 1 thread"]
+    assert [(r["grid"], r["trials"]) for r in overhead] == [
+        ("", "1"),
+        *[("small", "2"), ("default", "4")] * 2,
+    ]
+    assert all(float(r["trial_training_s"]) > 0 and r["goal_met"] in ("True", "False") for r in overhead)
+    assert [(r["grid"], r["layout"]) for r in tables["sweep_throughput"]] == [
+        (grid, layout)
+        for grid in ("small", "default")
+        for layout in ("1 job x 1 thread", "2 jobs x 1 thread")
+    ]
     pruned, unpruned = tables["pruning"]
     assert (pruned["pruner"], unpruned["pruner"]) == ("median", "none")
     assert unpruned["finished"] == "3" and float(unpruned["epochs"]) == 6  # 3 trials x 2 epochs, none stopped
