@@ -284,8 +284,10 @@ def main() -> None:
     """Console entry point: known errors become one line and exit code 2; --debug shows the traceback."""
     import click
 
-    from runner import signals
+    from runner import signals, skip_final_collections
     from runner.errors import UsageError
+
+    skip_final_collections()
 
     try:
         code = app(standalone_mode=False)

@@ -36,7 +36,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from runner import import_frozen, results, signals
+from runner import import_frozen, results, signals, skip_final_collections
 from runner.config import (
     CONF_DIR,
     compose,
@@ -74,6 +74,7 @@ if not OmegaConf.has_resolver("trial_dir"):
 def trial(cfg: DictConfig) -> dict:
     """Hydra's task function: one trial, a normal run. Ended trials are skipped; it never raises but for a
     stop signal (which ends the sweep, as Ctrl-C does)."""
+    skip_final_collections()  # in a launcher's worker too
     hydra = HydraConfig.get()
     run_dir = Path(hydra.runtime.output_dir)
     overrides = [o for o in hydra.overrides.task if key_of(o) not in SWEEP_KEYS]
@@ -187,7 +188,15 @@ class WarmWorkers(Callback):
     loop, the recipe: about 3 s each) while this process still composes and checks every trial's config (0.1 s
     a trial), rather than after. The warm-up runs on the loky executor that the launcher's Parallel then
     reuses, since joblib reuses an executor created with the same settings: they come from the launcher's
-    own config, passed as the launcher passes them. Holds nothing: Hydra sends it to every job."""
+    own config, passed as the launcher passes them. As many workers as trials are left, at most the
+    launcher's. Holds only that count: Hydra sends it to every job.
+
+    With psutil installed, loky takes a worker's memory after its first task (here the warm-up) as the base of
+    its leak check: a first trial that keeps over 300 MB (a large dataset, read once per process) gets that
+    worker replaced once, by a cold one."""
+
+    def __init__(self, trials: int):
+        self.trials = trials  # left to run
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         launcher = config.hydra.launcher
@@ -196,7 +205,7 @@ class WarmWorkers(Callback):
                 k: v for k, v in OmegaConf.to_container(launcher, resolve=True).items() if k != "_target_"
             }
             warming = threading.Thread(
-                target=warm_workers, args=(settings, str(config.recipe.name)), daemon=True
+                target=warm_workers, args=(settings, str(config.recipe.name), self.trials), daemon=True
             )
             WARMING.append(warming)
             warming.start()
@@ -209,30 +218,29 @@ class WarmWorkers(Callback):
 WARMING: list[threading.Thread] = []  # this process's warm-up, joined when the sweep ends
 
 
-def warm_workers(settings: dict, recipe: str) -> set[int]:
-    """One warm-up per worker of the launcher's loky executor: the workers' pids. A failure changes nothing
-    (none): the trials meet the same error and record it."""
+def warm_workers(settings: dict, recipe: str, trials: int) -> set[int]:
+    """One warm-up for each worker that will get a trial, on the launcher's loky executor: their pids. None
+    when the trials would run in this process (one job) or none is left."""
     from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
     from joblib import Parallel, delayed, effective_n_jobs
 
     settings = settings | {"backend": "loky"}  # as the launcher sets it
     process_joblib_cfg(settings)
-    try:
-        return set(
-            Parallel(**settings)(
-                delayed(warm_up)(recipe) for _ in range(effective_n_jobs(settings["n_jobs"]))
-            )
-        )
-    except Exception:  # noqa: BLE001
-        logging.getLogger(__name__).debug("warming the workers failed:\n%s", traceback.format_exc())
+    workers = min(effective_n_jobs(settings["n_jobs"]), trials)
+    if workers < 2:
         return set()
+    return set(Parallel(**settings)(delayed(warm_up)(recipe) for _ in range(workers)))
 
 
 def warm_up(recipe: str) -> int:
-    """What a worker imports before its first trial."""
-    recipe_module(recipe)  # torch
-    import_frozen("torch._dynamo")  # torch.optim's, when it builds its first optimizer
-    import_frozen("runner.loop")
+    """What a worker imports before its first trial. It never raises: a failed task would make joblib kill
+    the executor's workers, trials included; the trials meet the same error and record it."""
+    try:
+        recipe_module(recipe)  # torch
+        import_frozen("torch._dynamo")  # torch.optim's, when it builds its first optimizer
+        import_frozen("runner.loop")
+    except Exception:  # noqa: BLE001
+        logging.getLogger(__name__).debug("warming a worker failed:\n%s", traceback.format_exc())
     return os.getpid()
 
 
@@ -384,6 +392,7 @@ def hydra_settings(sweep: Sweep) -> list[str]:
         f"results_dir={sweep.dir}",
         "trainer.progress=false",  # parallel trials share a terminal: the sweep prints a line per trial
         "+hydra.callbacks.warm_workers._target_=runner.sweep.WarmWorkers",  # joblib: workers start early
+        f"+hydra.callbacks.warm_workers.trials={trials_left(sweep)}",
     ]
     launcher = next((value_of(o) for o in sweep.overrides if key_of(o) == "hydra/launcher"), "")
     given = {key_of(o) for o in sweep.overrides}
@@ -403,6 +412,12 @@ def hydra_settings(sweep: Sweep) -> list[str]:
             "+hydra.launcher.ray.init.logging_level=40",
         ]
     return settings
+
+
+def trials_left(sweep: Sweep) -> int:
+    """Trials that will run: those whose row says they ended are skipped."""
+    rows = results.read_rows(sweep.dir / "runs.csv")
+    return sweep.trials - sum(row["status"] in results.TERMINAL for row in rows)
 
 
 def run(sweep: Sweep, echo=print) -> Sweep:

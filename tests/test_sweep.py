@@ -270,20 +270,43 @@ def pid_after(seconds: float) -> int:
     return os.getpid()
 
 
+def launcher_settings(n_jobs: int, **changed) -> dict:
+    """hydra.launcher for joblib as Hydra composes it, less its _target_: what WarmWorkers receives."""
+    from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
+
+    launcher = OmegaConf.merge(OmegaConf.structured(JobLibLauncherConf), {"n_jobs": n_jobs, **changed})
+    return {k: v for k, v in OmegaConf.to_container(launcher).items() if k != "_target_"}
+
+
+def launched_pids(settings: dict, tasks: int) -> set[int]:
+    """The processes that run `tasks` tasks of a Parallel made as hydra_joblib_launcher's launch() makes it."""
+    from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
+    from joblib import Parallel, delayed
+
+    launched = settings | {"backend": "loky"}
+    process_joblib_cfg(launched)
+    return set(Parallel(**launched)(delayed(pid_after)(0.5) for _ in range(tasks)))
+
+
 def test_the_joblib_launcher_runs_its_trials_in_the_warmed_workers():
     """WarmWorkers' premise: joblib reuses the loky executor created with the launcher's own settings, so the
     launcher's trials run in the processes that already imported torch and the recipe, not in new ones."""
-    from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
-    from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
-    from joblib import Parallel, delayed
+    settings = launcher_settings(n_jobs=2, max_nbytes="3M")  # settings of its own: a new executor, cold
+    warmed = warm_workers(settings, "cifar10", trials=4)
+    assert len(warmed) == 2 and launched_pids(settings, 4) == warmed
 
-    launcher = OmegaConf.merge(OmegaConf.structured(JobLibLauncherConf), {"n_jobs": 2})
-    settings = {k: v for k, v in OmegaConf.to_container(launcher).items() if k != "_target_"}
-    warmed = warm_workers(settings, "cifar10")
-    launched = settings | {"backend": "loky"}  # what hydra_joblib_launcher._core.launch hands to Parallel
-    process_joblib_cfg(launched)
-    used = set(Parallel(**launched)(delayed(pid_after)(0.5) for _ in range(4)))
-    assert len(warmed) == 2 and used == warmed
+
+def test_a_failed_warm_up_leaves_the_workers_to_the_trials():
+    """A task that raised would make joblib kill the executor's workers, the trials' among them."""
+    settings = launcher_settings(n_jobs=2)
+    workers = launched_pids(settings, 4)
+    warmed = warm_workers(settings, "no_such_recipe", trials=4)
+    assert warmed and warmed <= workers and launched_pids(settings, 4) == workers
+
+
+def test_only_workers_that_will_get_a_trial_are_warmed():
+    assert warm_workers(launcher_settings(n_jobs=2), "cifar10", trials=1) == set()  # it runs on either
+    assert warm_workers(launcher_settings(n_jobs=1), "cifar10", trials=4) == set()  # in this process
 
 
 def test_the_validation_split_is_disjoint_stratified_and_the_same_for_every_run():
