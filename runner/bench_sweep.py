@@ -12,9 +12,9 @@ from outside, with each run's own training seconds read back from its metrics.js
    runs first, where the goal is read), with trials shortened to fit the bench (`default_trial`: the same
    epochs and evaluations on fewer images; the overhead is seconds outside training, whatever a trial's
    length); `grid` is a 4-trial grid of full-length trials (`trial`: about 25 s of training on one core), the
-   smallest sweep worth running, where the per-sweep part weighs most. Each row also splits its overhead into what its runs spend outside their
-   loop (row's wall_s - training) and the rest. One `adamrun train` of the same trial does the same for a
-   single run, for context.
+   smallest sweep worth running, where the per-sweep part weighs most. Each row also splits its overhead into
+   what its runs spend outside their loop (row's wall_s - training) and the rest. One `adamrun train` of the
+   same trial does the same for a single run, for context.
 2. Throughput: both grids under each `layouts` entry (1 job x 2 threads on Hydra's basic launcher, 2 jobs x
    1 thread on joblib), in trials per hour: which one should conf/sweep/lr_wd_grid.yaml default to here?
 3. Early stopping: the same search (conf/tune/<pruning.tune>) run twice through `adamrun tune`, with its pruner
@@ -259,7 +259,7 @@ def overhead_row(
     }
 
 
-def throughput_rows(runs: list[tuple[Layout, float, list[Trial]]], grid: str = "") -> list[dict]:
+def throughput_rows(runs: list[tuple[Layout, float, list[Trial]]], grid: str) -> list[dict]:
     """Trials per hour of each layout on one grid; the first is the baseline of the ratios."""
     speeds = [trials_per_hour(len(trials), wall_s) for _, wall_s, trials in runs]
     return [
@@ -445,7 +445,7 @@ def verdict(throughput: pd.DataFrame) -> str:
             f"{fastest.trials_per_hour / r.trials_per_hour:.2f}x {r.layout}" for r in others.itertuples()
         )
         lines.append(
-            f"sweep throughput, {grid or 'one'} grid: fastest here is {fastest.layout} ({fastest.launcher}), "
+            f"sweep throughput, {grid} grid: fastest here is {fastest.layout} ({fastest.launcher}), "
             f"{margin or 'alone'}"
         )
     return "\n".join(lines)
