@@ -49,8 +49,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from torchvision.transforms import v2
 
-from runner.config import DataConfig, check
-from runner.data import holdout
+from runner.config import check
+from runner.data import ImageDataConfig, holdout, read_fashion_mnist
 from runner.errors import UsageError
 from runner.recipe import ACCURACY, ParamGroup, Phase, Task
 
@@ -59,7 +59,7 @@ DATASETS = ("stanford_cars", "cars_folder", "fashion_mnist")
 
 
 @dataclass
-class CarsDataConfig(DataConfig):
+class CarsDataConfig(ImageDataConfig):
     """runner's image data keys (root, limits, val_size, val_seed), for the three datasets this recipe reads."""
 
     def __post_init__(self) -> None:
@@ -323,19 +323,19 @@ def folder_examples(folder: Path, class_to_idx: dict[str, int]) -> Examples:
     return Examples(ImageFiles([path for path, _ in samples]), torch.tensor([y for _, y in samples]))
 
 
-def read_fashion_mnist(cfg: DictConfig) -> tuple[Examples, Examples, int]:
-    """The offline smoke data: the CIFAR-10 recipe's IDX reader; 28x28 greyscale, made RGB by the transforms."""
-    from recipes.cifar10 import load_images
-
-    images = load_images(cfg)
-    train = Examples(ImageArray(images.train_x), images.train_y)
-    return train, Examples(ImageArray(images.test_x), images.test_y), images.classes
+def read_fashion_mnist_images(cfg: DictConfig) -> tuple[Examples, Examples, int]:
+    """The offline smoke data: Fashion-MNIST's IDX files, 28x28 greyscale, made RGB by the transforms."""
+    arrays = {
+        k: torch.from_numpy(a.copy()) for k, a in read_fashion_mnist(Path(cfg.root).expanduser()).items()
+    }
+    train = Examples(ImageArray(arrays["train_x"][:, None]), arrays["train_y"].long())
+    return train, Examples(ImageArray(arrays["test_x"][:, None]), arrays["test_y"].long()), 10
 
 
 READERS = {
     "stanford_cars": read_stanford_cars,
     "cars_folder": read_image_folders,
-    "fashion_mnist": read_fashion_mnist,
+    "fashion_mnist": read_fashion_mnist_images,
 }
 
 

@@ -14,10 +14,8 @@ Commands:
 
 from __future__ import annotations
 
-import gzip
 import math
 import pickle
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +25,8 @@ import torch.nn.functional as F
 from omegaconf import MISSING, DictConfig
 from torch import nn
 
-from runner.config import DataConfig, check
-from runner.data import holdout, read_once
+from runner.config import check
+from runner.data import ImageDataConfig, holdout, read_fashion_mnist, read_once
 from runner.errors import UsageError
 from runner.recipe import ACCURACY, Task
 
@@ -57,7 +55,7 @@ class Cifar10Recipe:
         check(self.scaling > 0, "recipe.scaling", "must be > 0", self.scaling)
 
 
-SCHEMAS = {"recipe": Cifar10Recipe, "data": DataConfig}
+SCHEMAS = {"recipe": Cifar10Recipe, "data": ImageDataConfig}
 
 # ------------------------------------------------------------------------------------------------ data
 
@@ -123,51 +121,8 @@ def download_cifar10(root: Path) -> None:
         raise UsageError(f"could not download CIFAR-10 to {root}: {err}") from err
 
 
-@read_once
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (gzip), as LeCun's MNIST and Zalando's Fashion-MNIST ship them: magic, dims, then uint8."""
-    try:
-        with gzip.open(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError, zlib.error) as err:  # not gzip, truncated, or corrupt
-        raise UsageError(f"{path} is not a readable gzip file ({err})") from err
-    magic = int.from_bytes(data[0:4], "big")
-    if len(data) < 4 or magic >> 8 != 0x08:  # 0x08: unsigned byte; the low byte is the number of dimensions
-        raise UsageError(f"{path} is not an IDX file of unsigned bytes (magic {magic:#x})")
-    ndim = magic & 0xFF
-    shape = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    offset = 4 + 4 * ndim
-    if len(data) != offset + math.prod(shape):
-        raise UsageError(
-            f"{path} declares {shape} bytes of data but holds {len(data) - offset}: truncated or corrupt"
-        )
-    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape)
-
-
-FASHION_MNIST_FILES = {
-    "train_x": "train-images-idx3-ubyte.gz",
-    "train_y": "train-labels-idx1-ubyte.gz",
-    "test_x": "t10k-images-idx3-ubyte.gz",
-    "test_y": "t10k-labels-idx1-ubyte.gz",
-}
-
-
 def load_fashion_mnist(cfg: DictConfig) -> Images:
-    root = Path(cfg.root).expanduser()
-    missing = [name for name in FASHION_MNIST_FILES.values() if not (root / name).exists()]
-    if missing:
-        raise UsageError(
-            f"Fashion-MNIST not found in {root} (missing {missing[0]}); "
-            "install it with `sudo apt-get install dataset-fashion-mnist`, or set data.root=<folder>"
-        )
-    arrays = {key: read_idx(root / name) for key, name in FASHION_MNIST_FILES.items()}
-    for split in ("train", "test"):
-        images, labels = arrays[f"{split}_x"], arrays[f"{split}_y"]
-        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise UsageError(
-                f"{root / FASHION_MNIST_FILES[f'{split}_x']} holds {images.shape[0]} images but "
-                f"{FASHION_MNIST_FILES[f'{split}_y']} has {labels.shape[0]} labels"
-            )
+    arrays = read_fashion_mnist(Path(cfg.root).expanduser())
     tensors = {key: torch.from_numpy(array.copy()) for key, array in arrays.items()}
     return Images(
         tensors["train_x"][:, None], tensors["train_y"].long(), tensors["test_x"][:, None],

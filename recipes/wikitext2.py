@@ -36,11 +36,9 @@ from torch import nn
 
 from runner import network
 from runner.config import check
-from runner.data import stratified_split
+from runner.data import check_installed, data_file, read_wiki, stratified_split
 from runner.errors import UsageError
 from runner.recipe import PERPLEXITY, Task
-from runner.sparsify.schema import check_installed
-from runner.sparsify.task import data_file, read_wiki
 
 # ------------------------------------------------------------------------------------------------ config
 
@@ -86,7 +84,7 @@ class WikiText2Recipe:
 class Source(StrEnum):
     hub = "hub"  # datasets.load_dataset(path or hub_id, hub_config): the Hub's parquet layout
     files = "files"  # wiki.train.tokens, wiki.valid.tokens, wiki.test.tokens in `path`
-    wiki_json = "wiki_json"  # a JSON of articles (runner.sparsify.task.read_wiki), split by article
+    wiki_json = "wiki_json"  # a JSON of articles (runner.data.read_wiki), split by article
 
 
 class Tokenizer(StrEnum):
@@ -96,7 +94,7 @@ class Tokenizer(StrEnum):
 
 @dataclass
 class WikiJsonConfig:
-    """Task-like, as runner.sparsify.task.read_wiki reads it, plus how to split the articles."""
+    """Task-like, as runner.data.read_wiki reads it, plus how to split the articles."""
 
     package: str | None = MISSING  # installed distribution holding `file`; null: `file` is a local path
     file: str = MISSING

@@ -30,7 +30,22 @@ Overrides = Annotated[
     typer.Argument(help="Hydra overrides, key=value or group=option (e.g. optimizer=adamw optimizer.lr=3e-3).",
                    show_default=False),
 ]  # fmt: skip
-Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors.")]
+
+
+class Asked:
+    """What the command line asked for besides the command's own work, read by main()."""
+
+    debug = False  # --debug: a known error shows its traceback instead of one line
+
+
+def remember_debug(value: bool) -> bool:
+    Asked.debug = Asked.debug or value
+    return value
+
+
+Debug = Annotated[  # accepted by every command; its callback is its one reader
+    bool, typer.Option("--debug", help="Show the full traceback on errors.", callback=remember_debug)
+]
 
 EXIT_CODES = {"finished": 0, "diverged": 1, "failed": 1, "pruned": 0}  # interrupted: 128 + the signal
 
@@ -52,8 +67,8 @@ def train(overrides: Overrides = None, debug: Debug = False) -> None:
     """Train a recipe: a run directory plus a row in runs.csv."""
     from runner import signals
     from runner.config import compose
-    from runner.loop import train as run_training
     from runner.lr_find import with_found_lr
+    from runner.run import train as run_training
 
     overrides, finding = with_found_lr(overrides or [])
     if finding is not None:
@@ -78,10 +93,9 @@ Examples:
 @app.command("lr-find", epilog=LR_FIND_EXAMPLES)
 def lr_find(overrides: Overrides = None, debug: Debug = False) -> None:
     """Smith's LR range test on the recipe: a plot of loss against lr, and the suggested lr."""
-    from runner.config import compose
-    from runner.lr_find import find
+    from runner.lr_find import find, lr_find_config
 
-    finding = find(compose(overrides or [], "lr_find"))
+    finding = find(lr_find_config(overrides or []))
     console.print(finding.describe(), markup=False, highlight=False)
     console.print(f"plot: {finding.png}\ntrain with it: adamrun train ... optimizer.lr={finding.lr:.3g}")
 
@@ -234,7 +248,7 @@ def report_path(arguments: list[str]) -> str:
 @app.command()
 def bench(overrides: Overrides = None, debug: Debug = False) -> None:
     """Time the recipe loop against a plain loop (results/bench/)."""
-    from runner.bench import main as run_bench
+    from bench.harness import main as run_bench
 
     console.print(f"wrote {run_bench(overrides or [])}")
 
@@ -242,10 +256,10 @@ def bench(overrides: Overrides = None, debug: Debug = False) -> None:
 @app.command("sparsify-bert")
 def sparsify_bert(overrides: Overrides = None, debug: Debug = False) -> None:
     """Prune, distil, quantize and time BERT on the CPU."""
-    from runner.config import compose
     from runner.sparsify.pipeline import run, selected
+    from runner.sparsify.schema import compose
 
-    cfg = compose(overrides or [], config_name="sparsify_bert")
+    cfg = compose(overrides or [])
     run_dir = run(cfg)
     wrote_report = "report" in selected(str(cfg.stage))
     console.print(f"report: {run_dir / 'report.md'}" if wrote_report else f"run directory: {run_dir}")
@@ -282,35 +296,35 @@ def format_cell(value) -> str:
 
 def main() -> None:
     """Console entry point: known errors become one line and exit code 2; --debug shows the traceback."""
-    import click
-
     from runner import signals, skip_final_collections
     from runner.errors import UsageError
 
     skip_final_collections()
-
+    Asked.debug = False
     try:
         code = app(standalone_mode=False)
     except UsageError as err:
-        if "--debug" in sys.argv:
+        if Asked.debug:
             raise
-        err_console.print(f"error: {err}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(2)
+        fail(str(err), 2)
     except OSError as err:  # a folder that cannot be written, a disk that is full: the path and the reason
-        if "--debug" in sys.argv or not err.filename:
+        if Asked.debug or not err.filename:
             raise
-        err_console.print(
-            f"error: {err.filename}: {err.strerror}", markup=False, highlight=False, soft_wrap=True
-        )
-        sys.exit(2)
-    except click.ClickException as err:  # a bad command or option: click's own one-line usage error
-        err.show()
-        sys.exit(err.exit_code)
-    except click.exceptions.Abort:  # end of input at a prompt
+        fail(f"{err.filename}: {err.strerror}", 2)
+    except typer.TyperException as err:  # a bad command, option or value (typer's click): its message, code
+        context = getattr(err, "ctx", None)
+        where = context.command_path if context is not None else "adamrun"
+        fail(f"{err.format_message()} (see {where} --help)", err.exit_code)
+    except typer.Abort:  # end of input at a prompt
         sys.exit(1)
     if code == 130:  # typer's code for any KeyboardInterrupt: 128 + the signal it really was
         code = signals.exit_code()
     sys.exit(code or 0)
+
+
+def fail(message: str, code: int) -> None:
+    err_console.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

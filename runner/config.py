@@ -8,6 +8,7 @@ tests and users' own scripts all call it.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import re
 from dataclasses import dataclass, field
@@ -295,87 +296,6 @@ class TrainerConfig:
         )
 
 
-# ---------------------------------------------------------------------------------------------- data
-@dataclass
-class DataConfig:
-    """Labelled image data (the CIFAR-10 and Cars recipes); recipes with other data bring their own schema."""
-
-    name: str = MISSING
-    root: str = MISSING
-    download: bool = MISSING
-    train_limit: int | None = MISSING  # use only the first N training examples (quick runs, tests)
-    test_limit: int | None = MISSING
-    val_size: int = MISSING  # training examples held out for validation (stratified); 0: none
-    val_seed: int = MISSING  # the held-out examples depend on this, not on the run's seed
-
-    def __post_init__(self) -> None:
-        for key in ("train_limit", "test_limit"):
-            limit = getattr(self, key)
-            if limit is not None:
-                check(limit > 0, f"data.{key}", "must be > 0 or null", limit)
-        check(self.val_size >= 0, "data.val_size", "must be >= 0", self.val_size)
-
-
-# ---------------------------------------------------------------------------------------------- searches
-class Direction(StrEnum):
-    maximize = "maximize"  # accuracy
-    minimize = "minimize"  # perplexity, loss
-
-
-class Pruner(StrEnum):
-    median = (
-        "median"  # stop a trial whose validation is worse than the median of earlier trials at that point
-    )
-    successive_halving = "successive_halving"  # asynchronous successive halving (ASHA's rungs)
-    none = "none"
-
-
-class Sampler(StrEnum):
-    tpe = "tpe"  # Optuna's default: random for startup_trials, then a model of the good and bad trials
-    random = (
-        "random"  # independent of the results (with a seed: the same parameters whatever the pruner does)
-    )
-
-
-@dataclass
-class SearchParam:
-    low: float | None = None  # a number in [low, high] ...
-    high: float | None = None
-    log: bool = False  # ... drawn on a log scale
-    choices: list[Any] | None = None  # or one of these (a config group's options, or values)
-
-
-@dataclass
-class TuneSettings:
-    name: str = MISSING
-    trials: int = MISSING  # finished trials the study needs (pruned ones count)
-    direction: Direction = MISSING  # of the recipe's validation metric
-    space: dict[str, SearchParam] = MISSING  # config key -> its range or choices
-    pruner: Pruner = MISSING
-    sampler: Sampler = Sampler.tpe
-    startup_trials: int = MISSING  # trials that run to the end before the pruner may stop any
-    warmup_evals: int = MISSING  # evaluations of a trial before the pruner may stop it
-    heartbeat_s: int = MISSING  # a running trial writes a heartbeat this often ...
-    grace_s: int = MISSING  # ... and counts as dead (to be retried) after this long without one
-    seed: int | None = MISSING  # TPE sampler seed; null: a fresh one per process (a fixed seed would repeat
-    # the same parameters after a restart and across parallel workers)
-
-    def __post_init__(self) -> None:
-        check(self.trials > 0, "tune.trials", "must be > 0", self.trials)
-        check(self.heartbeat_s > 0 and self.grace_s > self.heartbeat_s, "tune.heartbeat_s/grace_s",
-              "must satisfy 0 < heartbeat_s < grace_s", (self.heartbeat_s, self.grace_s))  # fmt: skip
-        for key, param in self.space.items():
-            ranged = param.low is not None and param.high is not None and param.low < param.high
-            check(ranged != (param.choices is not None), f"tune.space.{key}",
-                  "needs low < high, or choices (not both)", param)  # fmt: skip
-            check(
-                not (param.log and ranged and param.low <= 0),
-                f"tune.space.{key}.low",
-                "must be > 0 with log",
-                param.low,
-            )
-
-
 # ---------------------------------------------------------------------------------------------- top level
 class Logger(StrEnum):
     none = "none"
@@ -395,86 +315,36 @@ class TrainConfig:
     resume: bool = MISSING
     results_dir: str = MISSING
     logger: Logger = Logger.none
-    tune: TuneSettings | None = None  # a search's settings (adamrun tune: conf/tune/)
+    tune: Any = None  # a search's settings (adamrun tune: conf/tune/, checked by runner/tune.py's schema)
     choices: Any = None  # which option of each group was composed (filled by compose)
     overrides: list[str] = field(default_factory=list)  # the command line's overrides (filled by compose)
 
 
-@dataclass
-class BenchSettings:
-    sections: list[str] = MISSING  # which parts of make bench to run (runner/bench.py SECTIONS)
-    out_dir: str = MISSING
-    train_images: int = MISSING
-    repeats: int = MISSING
-    optimizer_steps: int = MISSING
-    warmup_steps: int = MISSING
-
-    def __post_init__(self) -> None:
-        for key in ("train_images", "repeats", "optimizer_steps"):
-            check(getattr(self, key) > 0, f"bench.{key}", "must be > 0", getattr(self, key))
-
-
-@dataclass
-class BenchTrainConfig(TrainConfig):
-    bench: BenchSettings = MISSING
-
-
-class SuggestRule(StrEnum):
-    valley = "valley"  # fastai's default since 2.4: the middle of the longest stretch where the loss falls
-    steepest = "steepest"  # fastai's first rule: where the smoothed loss falls fastest (minimum gradient)
-    minimum = "minimum"  # Smith's rule of thumb: the lr of the lowest smoothed loss, divided by 10
-
-
-@dataclass
-class LRFindSettings:
-    start_lr: float = MISSING  # first lr of the exponential ramp
-    end_lr: float = MISSING  # last lr of the ramp (the test stops earlier when the loss diverges)
-    steps: int = MISSING  # optimizer steps of the ramp
-    smoothing: float = MISSING  # beta of the bias-corrected exponential moving average of the loss
-    diverge: float = MISSING  # stop once the smoothed loss exceeds this multiple of its minimum
-    rule: SuggestRule = MISSING  # which suggestion is printed and used by optimizer.lr=find
-    out_dir: str = MISSING  # lr_find.png and lr_find.csv land here
-
-    def __post_init__(self) -> None:
-        check(0 < self.start_lr < self.end_lr, "lr_find.start_lr/end_lr", "must satisfy 0 < start < end",
-              (self.start_lr, self.end_lr))  # fmt: skip
-        check(self.steps >= 10, "lr_find.steps", "must be >= 10", self.steps)
-        check(0 <= self.smoothing < 1, "lr_find.smoothing", "must be in [0, 1)", self.smoothing)
-        check(self.diverge > 1, "lr_find.diverge", "must be > 1", self.diverge)
-
-
-@dataclass
-class LRFindConfig(TrainConfig):
-    lr_find: LRFindSettings = MISSING
-
-
-TRAIN_SCHEMAS = {
-    "train": TrainConfig,
-    "bench_train": BenchTrainConfig,
-    "lr_find": LRFindConfig,
-}  # run a recipe
-
-
 def register_schemas() -> None:
+    """The shared groups' schemas and the train config's, where Hydra's defaults lists find them."""
     cs = ConfigStore.instance()
-    for name, schema in TRAIN_SCHEMAS.items():
-        cs.store(name=name + SCHEMA_SUFFIX, node=schema)
+    cs.store(name="train" + SCHEMA_SUFFIX, node=TrainConfig)
     cs.store(group="optimizer", name="optimizer" + SCHEMA_SUFFIX, node=OptimizerConfig)
     cs.store(group="trainer", name="trainer" + SCHEMA_SUFFIX, node=TrainerConfig)
     for name, schema in SCHEDULES.items():
         cs.store(group="schedule", name=name + SCHEMA_SUFFIX, node=schema)
-    from runner.sparsify import schema as sparsify_schema  # here: that module imports this one
-
-    sparsify_schema.register(cs)
 
 
 # ---------------------------------------------------------------------------------------------- compose
-def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "train") -> DictConfig:
+def compose(
+    overrides: list[str] | tuple[str, ...] = (), config_name: str = "train", schema: type | None = TrainConfig
+) -> DictConfig:
     """Compose conf/<config_name>.yaml with `key=value` overrides, validate it, and return it.
 
-    Raises UsageError with a one-line message for any mistake a user can make in the overrides.
+    `schema` is the config's dataclass, stored as `<config_name>_schema` for its defaults list: a TrainConfig
+    (or one extending it with a feature's settings) is a recipe run, typed with the recipe's own schemas too;
+    None: a feature's own config, whose schemas the feature registered (sparsify-bert). Raises UsageError with
+    a one-line message for any mistake a user can make in the overrides.
     """
     register_schemas()
+    register_user_recipes(overrides)
+    if schema is not None:
+        ConfigStore.instance().store(name=config_name + SCHEMA_SUFFIX, node=schema)
     overrides = quote_target(list(overrides))
     refuse_group_lists(overrides)
     try:
@@ -485,9 +355,9 @@ def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "tra
     choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
     with open_dict(cfg):
         del cfg["hydra"]
-    if config_name in TRAIN_SCHEMAS:
+    if schema is not None and issubclass(schema, TrainConfig):
         cfg.choices, cfg.overrides = choices, overrides
-        return typed(cfg, TRAIN_SCHEMAS[config_name])
+        return typed(cfg, schema)
     validate(cfg)
     with open_dict(cfg):
         cfg.choices = choices  # which option of each group was composed: names the run and its row
@@ -521,10 +391,47 @@ def refuse_group_lists(overrides: list[str]) -> None:
 
 
 def recipe_module(name: str) -> ModuleType:
-    """recipes/<name>.py: its SCHEMAS and build(cfg, device) (the contract in runner/recipe.py)."""
+    """A recipe's module: its SCHEMAS and build(cfg, device) (the contract in runner/recipe.py). A name with
+    a dot is a module path (a user's own recipe, `recipe=my_pkg.my_recipe`); any other is a built-in,
+    recipes/<name>.py with conf/recipe/<name>.yaml."""
+    if "." in name:
+        user_recipe_config(name)  # the module exists and has its config
+        return import_frozen(name)  # torch, the first time
     if not (CONF_DIR / "recipe" / f"{name}.yaml").exists():
         raise UsageError(f"unknown recipe '{name}'; valid choices: {', '.join(group_options('recipe'))}")
-    return import_frozen(f"recipes.{name}")  # torch, the first time
+    return import_frozen(f"recipes.{name}")
+
+
+def user_recipe_config(name: str) -> Path:
+    """A user's recipe `pkg.module` keeps its config beside it, `pkg/module.yaml` (written as a file of
+    conf/recipe/ is). Found without importing the module: composing a config needs no torch."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or spec.origin is None:
+        raise UsageError(
+            f"unknown recipe '{name}': no module {name} on the Python path (install its package or add it to "
+            f"PYTHONPATH); built-in choices: {', '.join(group_options('recipe'))}"
+        )
+    path = Path(spec.origin).with_suffix(".yaml")
+    if not path.is_file():
+        raise UsageError(f"recipe {name} has no config: {path} (a recipe module keeps its YAML beside it)")
+    return path
+
+
+def register_user_recipes(overrides: list[str] | tuple[str, ...]) -> None:
+    """Each `recipe=pkg.module` of the command line (a sweep's `recipe=a.x,b.y` too) becomes an option of the
+    recipe group in Hydra's ConfigStore, so composition, sweeps and every launcher's workers (which receive
+    the ConfigStore) find it as they find conf/recipe/<name>.yaml."""
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key.lstrip("+") != "recipe":
+            continue
+        for name in (v.strip() for v in value.split(",")):
+            if "." in name:
+                config = OmegaConf.load(user_recipe_config(name))
+                ConfigStore.instance().store(group="recipe", name=name, node=config, package="_global_")
 
 
 def typed(plain: DictConfig, top: type = TrainConfig) -> DictConfig:

@@ -50,7 +50,7 @@ right of the raw one and minimum/10 reads high (Fashion-MNIST: an 11-step median
 at 1e-2 to 3e-2, the smoothed loss at 1.3); and a loss that cannot blow up far (bounded logits, label smoothing, BN) may never
 reach 4x its minimum, so the ramp then runs to end_lr (it did on Fashion-MNIST). The PNG shows both curves.
 
-`find(cfg)` runs the test on `cfg.recipe` (a `compose(overrides, "lr_find")` config) and writes
+`find(cfg)` runs the test on `cfg.recipe` (a `lr_find_config(overrides)` config) and writes
 `<lr_find.out_dir>/lr_find.png` (the curves and the suggestions, for people) and `lr_find.csv` (step, lr, loss,
 smoothed: one row per step, floats as Python's repr, so they read back exactly), each atomically.
 """
@@ -62,19 +62,56 @@ import io
 import math
 import time
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from omegaconf import DictConfig
+from omegaconf import MISSING, DictConfig
 
 from runner import results
-from runner.config import DecayMode, SuggestRule, compose, recipe_module
+from runner.config import DecayMode, TrainConfig, check, compose, recipe_module
+from runner.device import resolve_device
 from runner.errors import UsageError
-from runner.loop import epoch_batches, progress_bar, resolve_device, train_mode, train_step
+from runner.loop import epoch_batches, progress_bar, train_mode, train_step
 from runner.optim import SGDW, build_optimizer
 from runner.recipe import Phase, Task
+
+
+class SuggestRule(StrEnum):
+    valley = "valley"  # fastai's default since 2.4: the middle of the longest stretch where the loss falls
+    steepest = "steepest"  # fastai's first rule: where the smoothed loss falls fastest (minimum gradient)
+    minimum = "minimum"  # Smith's rule of thumb: the lr of the lowest smoothed loss, divided by 10
+
+
+@dataclass
+class LRFindSettings:
+    start_lr: float = MISSING  # first lr of the exponential ramp
+    end_lr: float = MISSING  # last lr of the ramp (the test stops earlier when the loss diverges)
+    steps: int = MISSING  # optimizer steps of the ramp
+    smoothing: float = MISSING  # beta of the bias-corrected exponential moving average of the loss
+    diverge: float = MISSING  # stop once the smoothed loss exceeds this multiple of its minimum
+    rule: SuggestRule = MISSING  # which suggestion is printed and used by optimizer.lr=find
+    out_dir: str = MISSING  # lr_find.png and lr_find.csv land here
+
+    def __post_init__(self) -> None:
+        check(0 < self.start_lr < self.end_lr, "lr_find.start_lr/end_lr", "must satisfy 0 < start < end",
+              (self.start_lr, self.end_lr))  # fmt: skip
+        check(self.steps >= 10, "lr_find.steps", "must be >= 10", self.steps)
+        check(0 <= self.smoothing < 1, "lr_find.smoothing", "must be in [0, 1)", self.smoothing)
+        check(self.diverge > 1, "lr_find.diverge", "must be > 1", self.diverge)
+
+
+@dataclass
+class LRFindConfig(TrainConfig):
+    lr_find: LRFindSettings = MISSING
+
+
+def lr_find_config(overrides: list[str]) -> DictConfig:
+    """conf/lr_find.yaml: the recipe's train config plus the range test's settings."""
+    return compose(overrides, "lr_find", LRFindConfig)
+
 
 SKIP_END = 5  # recorded points left out at the end (fastai's lr_find: losses[num_it // 10 : -5])
 MIN_POINTS = 3  # fewest points in the window for a suggestion
@@ -225,7 +262,7 @@ def range_test(
 
 
 def find(cfg: DictConfig) -> Finding:
-    """The range test on cfg's recipe (cfg from compose(overrides, "lr_find")), its PNG and CSV written to
+    """The range test on cfg's recipe (cfg from lr_find_config(overrides)), its PNG and CSV written to
     lr_find.out_dir."""
     if cfg.trainer.threads is not None:
         torch.set_num_threads(cfg.trainer.threads)
@@ -246,7 +283,7 @@ def with_found_lr(overrides: list[str]) -> tuple[list[str], Finding | None]:
     if FIND not in overrides:
         return overrides, None
     others = [o for o in overrides if o != FIND]
-    finding = find(compose(others, "lr_find"))
+    finding = find(lr_find_config(others))
     training = [o for o in others if not o.lstrip("+").startswith("lr_find.")]  # the test's own settings
     return [*training, f"optimizer.lr={finding.lr:.6g}"], finding
 

@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from runner import import_frozen
 from runner.errors import UsageError
+from runner.render import METRIC_NAMES, markdown, metric_name, new_figure, save, wrapped
 from runner.results import RUN_COLUMNS, replaced_atomically, runs_table, write_text
 
 if TYPE_CHECKING:
@@ -57,7 +57,6 @@ LR_COLUMNS = ("optimizer.lr", "lr")  # the sweep's override first: it is the val
 WD_COLUMNS = ("optimizer.weight_decay", "weight_decay")
 ALIASES = {"optimizer.lr": "lr", "optimizer.weight_decay": "weight_decay", "trainer.epochs": "epochs"}
 CONTEXT = ("recipe", "data", "model")  # "best per optimizer" never compares across data sets
-METRIC_NAMES = {"acc": "accuracy", "ppl": "perplexity", "accuracy": "accuracy", "loss": "loss"}
 METRIC_UNITS = {"acc": "fraction correct", "accuracy": "fraction correct"}
 LOWER_IS_BETTER = ("ppl", "loss", "perplexity", "error", "err")  # the goal when runs.csv lacks one
 BIASED = "test (no validation split: biased)"
@@ -73,7 +72,6 @@ FILES = {
     "report": "report.md",
 }
 PLOTS = ("curves", "heatmap", "time_to_target")
-DPI = 110  # pixels per inch of every PNG
 CURVES_FIGSIZE = (12.0, 5.2)  # inches: the whole run, and its second half zoomed
 HEATMAP_COLUMNS = 4  # panels per row
 BEST_EDGE = "red"  # outline of each heatmap panel's best cell
@@ -326,13 +324,6 @@ def fixed_text(table: pd.DataFrame, setting: list[str]) -> str:
     return ", ".join(parts)
 
 
-def wrapped(text: str, width: int = 110) -> str:
-    """A plot title, each line wrapped to fit the figure."""
-    import textwrap
-
-    return "\n".join(textwrap.fill(line, width) for line in text.splitlines())
-
-
 def readable(table: pd.DataFrame, keys: list[str], setting: list[str]) -> tuple[list[str], list[list]]:
     """The header and the cells of a table for people (markdown, rich): the setting columns `keys`, then the
     numbers."""
@@ -367,13 +358,6 @@ SUMMARY_NUMBERS = ("metric", "goal", "runs", "seeds", "val_mean", "val_std", "te
                    "wall_s", "finished")  # fmt: skip
 
 
-def markdown(header: list[str], rows: list[list]) -> str:
-    escape = lambda text: str(text).replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(map(escape, header)) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(map(escape, row)) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def rich_table(header: list[str], rows: list[list], title: str, caption: str) -> Table:
     from rich.table import Table
 
@@ -401,22 +385,11 @@ def best_table(report: Report) -> Table:
 
 # ------------------------------------------------------------------------------------------ plots
 def metric_label(metric: str, split: str, goal: str) -> str:
-    name = METRIC_NAMES.get(metric, metric or "metric")
+    name = metric_name(metric)
     unit = METRIC_UNITS.get(metric)
     better = "higher is better" if goal == "max" else "lower is better"
     split_name = {"val": "validation", "test": "test"}[split]
     return f"{split_name} {name} ({split}_{metric}{', ' + unit if unit else ''}; {better})"
-
-
-def new_figure(figsize: tuple[float, float]):
-    figure = import_frozen("matplotlib.figure")  # no pyplot: no global state, no GUI backend
-
-    return figure.Figure(figsize=figsize, dpi=DPI, layout="constrained")
-
-
-def save(fig, path: Path) -> None:
-    with replaced_atomically(path) as tmp:  # the .png suffix of tmp tells matplotlib the format
-        fig.savefig(tmp, dpi=DPI, metadata={"Software": None})
 
 
 def curve(folder: Path, runs: pd.DataFrame, key: str) -> pd.DataFrame:

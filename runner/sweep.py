@@ -93,7 +93,7 @@ def trial(cfg: DictConfig) -> dict:
 
 
 def run_trial(cfg: DictConfig, hydra, run_dir: Path, overrides: list[str], labels: dict) -> dict:
-    from runner.loop import train
+    from runner.run import train
 
     plain = OmegaConf.to_container(cfg, resolve=False)
     plain.pop("hydra", None)
@@ -238,7 +238,7 @@ def warm_up(recipe: str) -> int:
     try:
         recipe_module(recipe)  # torch
         import_frozen("torch._dynamo")  # torch.optim's, when it builds its first optimizer
-        import_frozen("runner.loop")
+        import_frozen("runner.run")
     except Exception:  # noqa: BLE001
         logging.getLogger(__name__).debug("warming a worker failed:\n%s", traceback.format_exc())
     return os.getpid()

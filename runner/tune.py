@@ -16,14 +16,81 @@ import json
 import time
 import warnings
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import MISSING, DictConfig
 
 from runner import results, signals
-from runner.config import compose, group_options, quote_target
+from runner.config import TrainConfig, check, compose, group_options, quote_target
 from runner.errors import UsageError
 from runner.sweep import failed_row, key_of, trial_dirname, value_of
+
+
+class Direction(StrEnum):
+    maximize = "maximize"  # accuracy
+    minimize = "minimize"  # perplexity, loss
+
+
+class Pruner(StrEnum):
+    median = (
+        "median"  # stop a trial whose validation is worse than the median of earlier trials at that point
+    )
+    successive_halving = "successive_halving"  # asynchronous successive halving (ASHA's rungs)
+    none = "none"
+
+
+class Sampler(StrEnum):
+    tpe = "tpe"  # Optuna's default: random for startup_trials, then a model of the good and bad trials
+    random = (
+        "random"  # independent of the results (with a seed: the same parameters whatever the pruner does)
+    )
+
+
+@dataclass
+class SearchParam:
+    low: float | None = None  # a number in [low, high] ...
+    high: float | None = None
+    log: bool = False  # ... drawn on a log scale
+    choices: list[Any] | None = None  # or one of these (a config group's options, or values)
+
+
+@dataclass
+class TuneSettings:
+    name: str = MISSING
+    trials: int = MISSING  # finished trials the study needs (pruned ones count)
+    direction: Direction = MISSING  # of the recipe's validation metric
+    space: dict[str, SearchParam] = MISSING  # config key -> its range or choices
+    pruner: Pruner = MISSING
+    sampler: Sampler = Sampler.tpe
+    startup_trials: int = MISSING  # trials that run to the end before the pruner may stop any
+    warmup_evals: int = MISSING  # evaluations of a trial before the pruner may stop it
+    heartbeat_s: int = MISSING  # a running trial writes a heartbeat this often ...
+    grace_s: int = MISSING  # ... and counts as dead (to be retried) after this long without one
+    seed: int | None = MISSING  # TPE sampler seed; null: a fresh one per process (a fixed seed would repeat
+    # the same parameters after a restart and across parallel workers)
+
+    def __post_init__(self) -> None:
+        check(self.trials > 0, "tune.trials", "must be > 0", self.trials)
+        check(self.heartbeat_s > 0 and self.grace_s > self.heartbeat_s, "tune.heartbeat_s/grace_s",
+              "must satisfy 0 < heartbeat_s < grace_s", (self.heartbeat_s, self.grace_s))  # fmt: skip
+        for key, param in self.space.items():
+            ranged = param.low is not None and param.high is not None and param.low < param.high
+            check(ranged != (param.choices is not None), f"tune.space.{key}",
+                  "needs low < high, or choices (not both)", param)  # fmt: skip
+            check(
+                not (param.log and ranged and param.low <= 0),
+                f"tune.space.{key}.low",
+                "must be > 0 with log",
+                param.low,
+            )
+
+
+@dataclass
+class TuneConfig(TrainConfig):
+    tune: TuneSettings = MISSING  # the search's settings, from conf/tune/<name>.yaml
+
 
 OWN_KEYS = ("tune", "trials", "sweep_dir")
 
@@ -47,7 +114,7 @@ def plan(arguments: list[str]) -> Search:
         raise UsageError(f"{what}; valid choices: {', '.join(group_options('tune'))}")
     if "trials" in own:
         overrides.append(f"tune.trials={own['trials']}")
-    cfg = compose([f"tune={name}", *overrides])
+    cfg = compose([f"tune={name}", *overrides], schema=TuneConfig)
     folder = Path(own.get("sweep_dir") or Path(cfg.results_dir) / "sweeps" / name).expanduser().resolve()
     saved = folder / "tune.json"
     settings = {"name": name, "overrides": overrides}
@@ -141,7 +208,7 @@ def objective(search: Search, trial, echo) -> float:
     """One trial: a normal run with the sampled parameters, reporting each evaluation to the pruner."""
     import optuna
 
-    from runner.loop import train
+    from runner.run import train
 
     if finished(trial.study.get_trials(deepcopy=False)) >= search.cfg.tune.trials:
         trial.study.stop()

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
+from runner.bench import SECTIONS
 
 from runner import bench_cars
-from runner.bench import SECTIONS
 from runner.errors import UsageError
 
 TINY = {"arch": "resnet18", "image_size": 32, "photo_size": [40, 30], "classes": 3,

@@ -8,8 +8,6 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-
-from runner import bench_sweep
 from runner.bench_sweep import (
     Layout,
     Trial,
@@ -23,6 +21,8 @@ from runner.bench_sweep import (
     trials_per_hour,
     verdict,
 )
+
+from runner import bench_sweep
 from runner.config import compose, validate
 from runner.errors import UsageError
 

@@ -409,7 +409,7 @@ def test_the_two_phases_are_one_run_and_a_kill_in_phase_two_resumes_bitwise(tmp_
     """Phase 1 (epoch 1) leaves the body as initialised; phase 2 trains every stage at its own lr; Ctrl-C in
     phase 2 and a resume end bitwise where an uninterrupted run ends, in one folder with one row."""
     from runner import checkpoint, results
-    from runner.loop import train
+    from runner.run import train
     from tests.test_loop import assert_same_run
 
     def cfg(*extra: str):

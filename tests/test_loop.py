@@ -16,7 +16,7 @@ import torch
 from recipes import cifar10
 from runner import checkpoint, results
 from runner.config import compose
-from runner.loop import train
+from runner.run import train
 from tests.conftest import tiny_overrides
 
 TIMING = "_s"  # metrics whose names end in _s are wall-clock timings: equal runs differ only there

@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from runner import lr_find
-from runner.config import SuggestRule, compose
+from runner.config import compose
 from runner.errors import UsageError
+from runner.lr_find import SuggestRule, lr_find_config
 from runner.optim import build_optimizer
 from runner.recipe import ParamGroup, Phase, Task
 from tests.conftest import tiny_overrides
@@ -71,7 +72,7 @@ def least_squares(
 
 
 def run(task: Task, *overrides: str) -> lr_find.Finding:
-    cfg = compose([*SGD, *RAMP, *overrides], "lr_find")
+    cfg = lr_find_config([*SGD, *RAMP, *overrides])
     groups = task.param_groups or task.run_phases(1)[0].param_groups
     return lr_find.range_test(task, build_optimizer(task.model, cfg, task.train_size, groups), cfg)
 
@@ -140,7 +141,7 @@ def test_group_ratios_and_lr_scale_are_kept():
         ParamGroup([task.model.weight], lr_mult=1.0, name="weight"),
         ParamGroup([task.model.bias], lr_mult=0.1, name="bias"),
     ]
-    cfg = compose([*SGD, *RAMP, "optimizer.lr=0.3", "lr_find.steps=40"], "lr_find")
+    cfg = lr_find_config([*SGD, *RAMP, "optimizer.lr=0.3", "lr_find.steps=40"])
     optimizer = build_optimizer(task.model, cfg, task.train_size, task.param_groups)
     task.after_step = lambda step: seen.append([g["lr"] for g in optimizer.param_groups])
     f = lr_find.range_test(task, optimizer, cfg)

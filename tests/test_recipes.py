@@ -11,8 +11,8 @@ import pytest
 from recipes import wikitext2
 from runner import checkpoint, results
 from runner.config import compose
-from runner.loop import train
 from runner.recipe import Task
+from runner.run import train
 from tests.conftest import write_fashion_mnist
 from tests.test_loop import assert_same_run
 

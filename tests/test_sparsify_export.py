@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from runner.config import compose
 from runner.sparsify import engines, export, training
 from runner.sparsify.distill import distillation_loss
+from runner.sparsify.schema import compose
 from tests.test_sparsify_pruning import tiny_bert
 
 INT8_TOLERANCE = 0.05  # max |logit difference| of int8 vs fp32 on the tiny model (logits are about +-1)
@@ -39,7 +39,7 @@ def test_stored_teacher_logits_follow_their_examples_through_shuffled_batches():
         "token_type_ids": torch.zeros_like(ids),
     }
     encoded = {"train": split | {"labels": torch.arange(10) % 3}, "validation": {}, "test": {}}
-    cfg = compose(["trainer.batch_size=4"], "sparsify_bert")
+    cfg = compose(["trainer.batch_size=4"])
     stored = training.with_teacher_logits(encoded, teacher, batch_size=3)
     loss = training.distilled(cfg.distill)
     task = training.make_task(student, stored, cfg, loss)
@@ -57,7 +57,7 @@ def test_stored_teacher_logits_follow_their_examples_through_shuffled_batches():
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     model = tiny_bert()
-    cfg = compose([], "sparsify_bert").export
+    cfg = compose([]).export
     folder = tmp_path_factory.mktemp("onnx")
     with engines.quiet():
         fp32 = export.export_onnx(model, folder / "fp32.onnx", cfg, export.example_inputs(2, 8, 50, seed=0))

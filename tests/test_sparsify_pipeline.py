@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from runner.config import compose
 from runner.sparsify import model, pipeline, report
+from runner.sparsify.schema import compose
 from tests.test_sparsify_pruning import tiny_bert
 from tests.test_sparsify_task import wiki_file  # noqa: F401 - the fixture
 
@@ -19,7 +19,7 @@ def tiny_model_dir(tmp_path):
     """A local model folder: a 2-layer random BERT with MiniLM's tokenizer (ids clipped to a small vocab)."""
     folder = tmp_path / "tiny-bert"
     bert = tiny_bert()
-    tokenizer_dir = model.source(compose([], "sparsify_bert").model)
+    tokenizer_dir = model.source(compose([]).model)
     bert.resize_token_embeddings(30522)  # MiniLM's vocabulary, so its tokenizer's ids are valid
     bert.save_pretrained(folder)
     for name in TOKENIZER_FILES:
@@ -38,7 +38,7 @@ def test_pipeline_end_to_end_then_bench_stage_alone(tmp_path, wiki_file, tiny_mo
         "bench.iters=2", "bench.warmup=1", "bench.repeats=2", "bench.instances.iters=2",
         "bench.instances.seq_len=16", f"run_dir={run_dir}",
     ]  # fmt: skip
-    assert pipeline.run(compose(overrides, "sparsify_bert")) == run_dir
+    assert pipeline.run(compose(overrides)) == run_dir
     with open(run_dir / "comparison.csv") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == report.COLUMNS
@@ -69,7 +69,7 @@ def test_pipeline_end_to_end_then_bench_stage_alone(tmp_path, wiki_file, tiny_mo
 
     timings = run_dir / "stages" / "bench" / "timings.json"
     before = json.loads(timings.read_text())
-    pipeline.run(compose([*overrides, "stage=bench"], "sparsify_bert"))  # re-times the saved models only
+    pipeline.run(compose([*overrides, "stage=bench"]))  # re-times the saved models only
     assert json.loads(timings.read_text()) != before
     assert (run_dir / "stages" / "finetune" / "metrics.json").stat().st_mtime < timings.stat().st_mtime
     assert (run_dir / "comparison.csv").stat().st_mtime > timings.stat().st_mtime  # the report follows

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from runner.config import compose
 from runner.sparsify import pruning, training
+from runner.sparsify.schema import compose
 
 TOTAL_STEPS = 100
 
@@ -34,7 +34,7 @@ def inputs():
 
 @pytest.fixture(scope="module")
 def prune_cfg():
-    return compose([], "sparsify_bert").prune
+    return compose([]).prune
 
 
 def zhu_gupta(step, t0, t1, s_i, s_f):
@@ -49,9 +49,7 @@ def zhu_gupta(step, t0, t1, s_i, s_f):
 @pytest.mark.parametrize("scope", ["global", "layer"])
 def test_unstructured_sparsity_follows_the_cubic_ramp_at_every_update(prune_cfg, scope):
     model = tiny_bert()
-    cfg = compose(
-        [f"prune.scope={scope}", "prune.start=0.1", "prune.end=0.7", "prune.update_every=7"], "sparsify_bert"
-    ).prune
+    cfg = compose([f"prune.scope={scope}", "prune.start=0.1", "prune.end=0.7", "prune.update_every=7"]).prune
     pruner = pruning.UnstructuredPruner(model, cfg, 0.9, TOTAL_STEPS)
     assert len(pruner.modules) == 2 * 6  # q, k, v, attention output, intermediate, output per layer
     t0, t1 = 10, 70
@@ -102,7 +100,7 @@ def test_structured_removal_computes_the_masked_function_with_smaller_matrices(p
 
 
 def test_structured_keeps_min_heads_per_layer():
-    cfg = compose(["prune.min_heads_per_layer=3"], "sparsify_bert").prune
+    cfg = compose(["prune.min_heads_per_layer=3"]).prune
     model = tiny_bert()
     pruner = pruning.StructuredPruner(model, cfg, 0.9, TOTAL_STEPS)
     pruner.apply(0.9)

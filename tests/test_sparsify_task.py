@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from runner.config import compose
 from runner.errors import UsageError
 from runner.sparsify import task
+from runner.sparsify.schema import compose
 
 TOPICS = {"Arts": 40, "People": 20, "Mathematics": 10, "Uncategorized": 7}  # unbalanced, like the real file
 
@@ -33,10 +33,7 @@ SPLIT = (
 
 
 def task_cfg(path, *overrides):
-    cfg = compose(
-        ["task.package=null", f"task.file={path}", "task.train_limit=null", *SPLIT, *overrides],
-        "sparsify_bert",
-    )
+    cfg = compose(["task.package=null", f"task.file={path}", "task.train_limit=null", *SPLIT, *overrides])
     return cfg.task
 
 
@@ -89,7 +86,7 @@ def test_metrics_accuracy_and_macro_f1():
 def test_encode_pads_and_truncates_to_max_len(wiki_file):
     from runner.sparsify import model
 
-    cfg = compose([], "sparsify_bert")
+    cfg = compose([])
     tokenizer = model.load_tokenizer(cfg.model)
     data = task.load_task(task_cfg(wiki_file), seed=0)
     encoded = task.encode(data.test, tokenizer, max_len=8)
@@ -137,7 +134,7 @@ def glue_dir(tmp_path):
 
 
 def test_glue_eval_split_is_the_test_set_and_train_gives_validation(glue_dir):
-    cfg = compose(["task=sst2", f"task.dataset={glue_dir}"], "sparsify_bert").task
+    cfg = compose(["task=sst2", f"task.dataset={glue_dir}"]).task
     data = task.load_task(cfg, seed=0)
     assert data.test.texts == [(f"validation sentence {i}",) for i in range(6)]
     assert data.test.labels.tolist() == [i % 2 for i in range(6)]
@@ -148,7 +145,7 @@ def test_glue_eval_split_is_the_test_set_and_train_gives_validation(glue_dir):
 
 
 def test_glue_sentence_pairs_keep_both_fields(glue_dir):
-    cfg = compose(["task=mnli", f"task.dataset={glue_dir}"], "sparsify_bert").task
+    cfg = compose(["task=mnli", f"task.dataset={glue_dir}"]).task
     data = task.load_task(cfg, seed=0)
     assert data.label_names == ["0", "1", "2"]
     assert data.test.texts[4] == ("validation_matched premise 4", "hypothesis 4")
@@ -156,6 +153,6 @@ def test_glue_sentence_pairs_keep_both_fields(glue_dir):
 
 
 def test_missing_glue_dataset_is_a_usage_error(tmp_path):
-    cfg = compose(["task=sst2", f"task.dataset={tmp_path / 'no-glue'}"], "sparsify_bert").task
+    cfg = compose(["task=sst2", f"task.dataset={tmp_path / 'no-glue'}"]).task
     with pytest.raises(UsageError, match="task.dataset"):
         task.load_task(cfg, seed=0)

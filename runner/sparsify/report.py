@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from runner import render
 from runner.results import replaced_atomically, write_text
 
 COLUMNS = [
@@ -69,9 +70,7 @@ def cell(value: Any) -> str:
 
 
 def markdown(table: list[dict], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r[c]) for c in columns) + " |" for r in table]
-    return "\n".join(lines)
+    return render.markdown(columns, [[cell(r[c]) for c in columns] for r in table])
 
 
 def at(table: list[dict], point: list[int]) -> list[dict]:
@@ -125,12 +124,8 @@ def pareto_front(points: list[dict]) -> list[dict]:
 
 
 def plot(path: Path, headline: list[dict], point: list[int]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig = render.new_figure((8, 5.5))
+    ax = fig.subplots()
     for engine in sorted({r["engine"] for r in headline}):
         for structured, marker in ((False, "o"), (True, "s")):
             rows = [r for r in headline if r["engine"] == engine and r["structured"] == structured]
@@ -154,10 +149,7 @@ def plot(path: Path, headline: list[dict], point: list[int]) -> None:
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with replaced_atomically(path) as tmp:
-        fig.savefig(tmp, dpi=130)
-    plt.close(fig)
+    render.save(fig, path)
 
 
 def environment_lines(env: dict) -> str:

@@ -6,8 +6,6 @@ their key first, so the JSON's order never matters.
 
 from __future__ import annotations
 
-import importlib.metadata
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from runner import network
-from runner.data import stratified_split
+from runner.data import read_wiki, stratified_split
 from runner.errors import UsageError
 from runner.sparsify.schema import TaskKind
 
@@ -38,35 +36,6 @@ class TaskData:
 
 
 # ----------------------------------------------------------------------------------------------- reading
-def data_file(task_cfg: Any) -> Path:
-    """The task's file: inside an installed distribution (never imported), or a plain local path."""
-    if task_cfg.package is None:
-        path = Path(task_cfg.file).expanduser()
-    else:
-        files = importlib.metadata.distribution(task_cfg.package).files or []
-        found = [f for f in files if str(f) == task_cfg.file]
-        path = Path(found[0].locate()) if found else Path("<missing>")
-    if not path.is_file():
-        raise UsageError(
-            f"task.file '{task_cfg.file}' not found (package: {task_cfg.package}); run `make install`"
-        )
-    return path
-
-
-def read_wiki(task_cfg: Any) -> tuple[list[tuple[str, ...]], list[str]]:
-    """Texts and string labels, sorted by article title, without the dropped labels."""
-    path = data_file(task_cfg)
-    try:
-        articles = json.loads(path.read_text(encoding="utf-8"))
-        keep = [
-            key for key in sorted(articles) if articles[key][task_cfg.label_key] not in task_cfg.drop_labels
-        ]
-        texts = [tuple(articles[key][field] for field in task_cfg.text_keys) for key in keep]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as err:
-        raise UsageError(f"{path} is not a JSON object of articles ({type(err).__name__}: {err})") from err
-    return texts, [articles[key][task_cfg.label_key] for key in keep]
-
-
 def read_glue(task_cfg: Any, split: str) -> tuple[list[tuple[str, ...]], list[int]]:
     """One split of a GLUE config from the Hub (downloaded once, then cached) or a local copy of its files."""
     import datasets  # only the GLUE tasks need it

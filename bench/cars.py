@@ -43,14 +43,14 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 from torchvision import transforms
 
-from runner.bench import section_config
-from runner.config import check, compose, recipe_module, validate
-from runner.loop import autocast, evaluate, train_mode
+from bench.harness import section_config
+from recipes import cars
+from runner.config import check, compose, validate
+from runner.device import autocast
+from runner.loop import evaluate, train_mode
 from runner.optim import build_optimizer
 from runner.results import write_text
 from runner.schedule import build_schedule
-
-cars = recipe_module("cars")  # recipes/cars.py, found from its config as the runner finds every recipe
 
 
 # ------------------------------------------------------------------------------------------------ settings

@@ -53,11 +53,12 @@ import torch.nn.functional as F
 from omegaconf import MISSING, DictConfig, OmegaConf
 from torch import nn
 
+from bench.harness import section_config
 from recipes import wikitext2 as lm
-from runner.bench import section_config
 from runner.config import CONF_DIR, check, compose, validate
+from runner.device import resolve_device, use_bf16
 from runner.errors import UsageError
-from runner.loop import fit, resolve_device, use_bf16
+from runner.loop import fit
 from runner.recipe import Task
 from runner.results import read_rows, write_text
 

@@ -44,9 +44,11 @@ import numpy as np
 import pandas as pd
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from bench.harness import section_config
 from runner import results
-from runner.config import Pruner, check
+from runner.config import check
 from runner.results import write_text
+from runner.tune import Pruner
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = "lr_wd_grid"  # conf/sweep/: the built-in grid, its axes replaced by `grid`
@@ -128,8 +130,6 @@ class SweepsBench:
 
 
 def settings() -> DictConfig:
-    from runner.bench import section_config
-
     return section_config("sweeps", SweepsBench)
 
 
