@@ -383,10 +383,10 @@ def pruning_rows(searched: dict[str, tuple[float, list[Trial]]], baseline: str, 
 
 def pruning(s: DictConfig, work: Path) -> pd.DataFrame:
     """Both searches over the same enqueued trials, side by side (one core each on this machine)."""
-    from runner.config import compose
+    from runner.tune import search_config
 
     p = s.pruning
-    cfg = compose([f"tune={p.tune}", *p.overrides])
+    cfg = search_config([f"tune={p.tune}", *p.overrides])
     points = draw(cfg.tune.space, p.trials, p.seed)
     folders = {str(p.pruner): work / f"tune-{p.pruner}", "none": work / "tune-none"}
     for pruner, folder in folders.items():

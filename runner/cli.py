@@ -173,7 +173,7 @@ def reproduce(
     debug: Debug = False,
 ) -> None:
     """The papers' claims as studies of sweeps, a verdict each, and one report (resumable)."""
-    from runner import reproduce as studies
+    from studies import reproduce as studies
 
     planned = studies.plan(overrides or [])
     if report_only:

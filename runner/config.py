@@ -8,6 +8,7 @@ tests and users' own scripts all call it.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 import re
@@ -459,6 +460,12 @@ def typed(plain: DictConfig, top: type = TrainConfig) -> DictConfig:
         )
     for key, schema in schemas.items():
         setattr(base, key, OmegaConf.structured(schema))
+    check(
+        "name" in {f.name for f in dataclasses.fields(schemas.get("data", TrainConfig))},
+        f"recipe {plain.recipe.name}'s SCHEMAS",
+        "needs a data schema with a `name` field (a run's folder and row name its data)",
+        sorted(schemas),
+    )
     try:  # a plain container: Hydra's `+key` additions would otherwise bring their own, open, nodes along
         cfg = OmegaConf.merge(base, OmegaConf.to_container(plain))
     except ConfigKeyError as err:

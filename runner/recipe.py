@@ -2,10 +2,13 @@
 recipe interface. One contract serves image classification, language modelling and fine-tuning alike.
 
 A recipe is one module, `recipes/<name>.py`, with its config `conf/recipe/<name>.yaml` (which also picks the
-recipe's default `data` and `model` options). The module provides:
+recipe's default `data` and `model` options), or a user's own module anywhere on the Python path,
+`recipe=my_pkg.my_recipe`, with its config beside it as `my_pkg/my_recipe.yaml` (docs/recipes.md has an
+example). The module provides:
 
-    SCHEMAS: dict[str, type]   # the dataclass schema of every config node the recipe owns: "recipe", and
-                               # "data" / "model" where it reads them; compose() validates each node with it
+    SCHEMAS: dict[str, type]   # the dataclass schema of every config node the recipe owns: "recipe" and
+                               # "data" (with a `name`: runs are named by it), "model" where it reads one;
+                               # compose() validates each node with it
     build(cfg, device) -> Task # data, model, loss and metrics, top to bottom
 
 and nothing under runner/ names it: adding a recipe touches no file here.

@@ -128,9 +128,7 @@ def write_metrics(run_dir: Path, rows: Iterable[dict]) -> None:
 def new_run_dir(cfg: DictConfig) -> Path:
     choices = cfg.get("choices") or {}
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    name = (
-        f"{stamp}-{choices.get('data', 'data')}-{choices.get('optimizer', 'opt')}-s{cfg.seed}-{os.getpid()}"
-    )
+    name = f"{stamp}-{choices.get('data') or cfg.data.name}-{choices.get('optimizer', 'opt')}-s{cfg.seed}-{os.getpid()}"
     return Path(cfg.results_dir) / "runs" / name
 
 

@@ -103,6 +103,11 @@ class Search:
     cfg: DictConfig  # composed once, for the settings and a first check of the overrides
 
 
+def search_config(overrides: list[str]) -> DictConfig:
+    """The train config with a search's settings (tune=<name>), both checked."""
+    return compose(overrides, schema=TuneConfig)
+
+
 def plan(arguments: list[str]) -> Search:
     """The search the command line asks for, checked before any trial; a folder holding another search (other
     settings) is refused, the same search is joined (resumed, or worked on by one more process)."""
@@ -114,7 +119,7 @@ def plan(arguments: list[str]) -> Search:
         raise UsageError(f"{what}; valid choices: {', '.join(group_options('tune'))}")
     if "trials" in own:
         overrides.append(f"tune.trials={own['trials']}")
-    cfg = compose([f"tune={name}", *overrides], schema=TuneConfig)
+    cfg = search_config([f"tune={name}", *overrides])
     folder = Path(own.get("sweep_dir") or Path(cfg.results_dir) / "sweeps" / name).expanduser().resolve()
     saved = folder / "tune.json"
     settings = {"name": name, "overrides": overrides}

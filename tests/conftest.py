@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import gzip
+import json
 import pickle
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from rich.console import Console
 
+from runner import checkpoint, cli
 from runner.config import compose
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -88,3 +94,65 @@ def tiny_cfg(tmp_path: Path, fmnist_root: Path):
         return compose(tiny_overrides(tmp_path, fmnist_root) + list(extra))
 
     return make
+
+
+# ------------------------------------------------------------------------------------------ shared checks
+TIMING = "_s"  # metrics whose names end in _s are wall-clock timings: equal runs differ only there
+
+
+def without_timings(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if not k.endswith(TIMING)} for row in rows]
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    state_a, state_b = checkpoint.load(a), checkpoint.load(b)
+    for key, tensor in state_a["model"].items():
+        assert torch.equal(tensor, state_b["model"][key]), key
+    assert without_timings(read_metrics(a)) == without_timings(read_metrics(b))
+    assert state_a["step"] == state_b["step"]
+
+
+def interrupting(build, at_batch: int, after_epoch: int, inspect=None):
+    """`build` (a recipe's) whose task raises KeyboardInterrupt, as Ctrl-C does, at batch `at_batch` of the
+    epoch that follows a checkpoint of `after_epoch` epochs; `inspect(state)` first looks at that checkpoint."""
+
+    def built(cfg, device):
+        task = build(cfg, device)
+        batches = task.batches
+
+        def stopping(generator):
+            for i, batch in enumerate(batches(generator)):
+                state = checkpoint.load(Path(cfg.run_dir)) if i == at_batch else None
+                if state is not None and state["epoch"] == after_epoch:
+                    if inspect is not None:
+                        inspect(state)
+                    raise KeyboardInterrupt
+                yield batch
+
+        task.batches = stopping
+        return task
+
+    return built
+
+
+def adamrun(monkeypatch, capsys, *argv: str, cwd: Path | None = None) -> tuple[int, str, str]:
+    """The real command in this process (cli.main), as a user types it."""
+    monkeypatch.setattr(sys, "argv", ["adamrun", *argv])
+    monkeypatch.setattr(cli, "console", Console(width=200))
+    if cwd is not None:
+        monkeypatch.chdir(cwd)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+def assert_one_line(err: str, *fragments: str) -> None:
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, err

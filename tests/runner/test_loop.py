@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -17,17 +16,7 @@ from recipes import cifar10
 from runner import checkpoint, results
 from runner.config import compose
 from runner.run import train
-from tests.conftest import tiny_overrides
-
-TIMING = "_s"  # metrics whose names end in _s are wall-clock timings: equal runs differ only there
-
-
-def without_timings(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if not k.endswith(TIMING)} for row in rows]
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+from tests.conftest import assert_same_run, read_metrics, tiny_overrides
 
 
 def test_a_run_writes_its_directory_and_row(tiny_cfg, tmp_path):
@@ -81,14 +70,6 @@ def test_interrupted_and_resumed_run_is_bitwise_the_straight_run(tiny_cfg, tmp_p
     rows = results.read_rows(tmp_path / "results" / "runs.csv")
     # the row was updated, not added to (the run's id: its folder, absolute here as it lies outside results/)
     assert [r["status"] for r in rows if r["run_id"] == str(resumed_dir.resolve())] == ["finished"]
-
-
-def assert_same_run(a: Path, b: Path) -> None:
-    state_a, state_b = checkpoint.load(a), checkpoint.load(b)
-    for key, tensor in state_a["model"].items():
-        assert torch.equal(tensor, state_b["model"][key]), key
-    assert without_timings(read_metrics(a)) == without_timings(read_metrics(b))
-    assert state_a["step"] == state_b["step"]
 
 
 def test_sigkill_at_any_moment_then_resume_equals_the_straight_run(tmp_path, fmnist_root):

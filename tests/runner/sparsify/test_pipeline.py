@@ -8,8 +8,8 @@ import pytest
 
 from runner.sparsify import model, pipeline, report
 from runner.sparsify.schema import compose
-from tests.test_sparsify_pruning import tiny_bert
-from tests.test_sparsify_task import wiki_file  # noqa: F401 - the fixture
+from tests.runner.sparsify.test_pruning import tiny_bert
+from tests.runner.sparsify.test_task import wiki_file  # noqa: F401 - the fixture
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 

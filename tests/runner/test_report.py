@@ -13,7 +13,7 @@ import pytest
 from matplotlib.image import imread
 from rich.console import Console
 
-from runner import report
+from runner import render, report
 from runner.errors import UsageError
 from runner.results import RUN_COLUMNS
 
@@ -170,7 +170,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 
 def inches_to_pixels(figsize: tuple[float, float]) -> tuple[int, int]:
-    return round(figsize[0] * report.DPI), round(figsize[1] * report.DPI)
+    return round(figsize[0] * render.DPI), round(figsize[1] * render.DPI)
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from runner import lr_find
-from runner.config import compose
 from runner.errors import UsageError
 from runner.lr_find import SuggestRule, lr_find_config
 from runner.optim import build_optimizer
@@ -159,10 +158,9 @@ def test_paper_decay_stays_what_training_at_the_ramp_lr_applies(optimizer):
     """decay_mode=paper: torch's lr * wd (the shrink per step) equals the configured lambda at every step of
     the ramp, as in training with optimizer.lr = the ramp's lr and eta_t = 1."""
     task = least_squares()
-    cfg = compose(
+    cfg = lr_find_config(
         [f"optimizer={optimizer}", "optimizer.decay_mode=paper", "optimizer.weight_decay=0.02",
-         "trainer.precision=fp32", *RAMP, "lr_find.steps=20", "lr_find.end_lr=0.01"],
-        "lr_find",
+         "trainer.precision=fp32", *RAMP, "lr_find.steps=20", "lr_find.end_lr=0.01"]
     )  # fmt: skip
     optimizer_ = build_optimizer(task.model, cfg, task.train_size)
     key = "decoupled_weight_decay" if optimizer == "sgdw" else "weight_decay"
@@ -258,8 +256,8 @@ def test_valley_of_a_loss_that_never_falls_is_the_window_start():
 # ------------------------------------------------------------------------------------------ end to end
 def test_find_on_the_cifar10_recipe_writes_png_and_csv(tmp_path, fmnist_root):
     out = tmp_path / "lr_find"
-    cfg = compose(
-        tiny_overrides(tmp_path, fmnist_root) + ["lr_find.steps=30", f"lr_find.out_dir={out}"], "lr_find"
+    cfg = lr_find_config(
+        tiny_overrides(tmp_path, fmnist_root) + ["lr_find.steps=30", f"lr_find.out_dir={out}"]
     )
     f = lr_find.find(cfg)
     assert f.png == out / "lr_find.png" and f.csv == out / "lr_find.csv"

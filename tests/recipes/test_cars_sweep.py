@@ -7,15 +7,14 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from runner.config import compose
 from runner.sweep import grid
-from tests.test_cars import write_image_folders
+from tests.conftest import REPO
+from tests.recipes.test_cars import write_image_folders
 
-REPO = Path(__file__).resolve().parents[1]
 OPTIMIZERS = ["adamw", "adam_l2_cars", "sgd"]
 
 

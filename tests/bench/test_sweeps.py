@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-from runner.bench_sweep import (
+
+from bench import sweeps as bench_sweep
+from bench.sweeps import (
     Layout,
     Trial,
     draw,
@@ -21,8 +23,6 @@ from runner.bench_sweep import (
     trials_per_hour,
     verdict,
 )
-
-from runner import bench_sweep
 from runner.config import compose, validate
 from runner.errors import UsageError
 

@@ -21,9 +21,8 @@ from omegaconf import OmegaConf
 from recipes.cifar10 import load_images
 from runner import results
 from runner.sweep import threads_per_trial, trial_dirname, warm_workers
-from tests.test_faults import adamrun, assert_one_line
+from tests.conftest import REPO, adamrun, assert_one_line
 
-REPO = Path(__file__).resolve().parents[1]
 FMNIST = Path("/usr/share/datasets/fashion-mnist")  # the Debian package (make data)
 TINY = [
     "data=fashion_mnist", "data.train_limit=320", "data.val_size=64", "data.test_limit=128",
@@ -35,6 +34,20 @@ GRID = ["optimizer=adamw,sgd", "optimizer.lr=1e-3,1e30", "optimizer.weight_decay
 
 def command(verb: str, *arguments: str) -> list[str]:
     return [sys.executable, "-m", "runner.cli", verb, *arguments]
+
+
+def started(verb: str, *arguments: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        command(verb, *arguments), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+
+def wait_until(process: subprocess.Popen, ready, limit_s: float = 300) -> None:
+    """Poll until ready() holds, the process still running meanwhile (else its stderr says why)."""
+    deadline = time.time() + limit_s
+    while not ready():
+        assert process.poll() is None and time.time() < deadline, process.stderr.read()
+        time.sleep(0.05)
 
 
 def sweep(tmp_path: Path, *extra: str, name: str = "grid", check: bool = True) -> subprocess.CompletedProcess:
@@ -97,13 +110,10 @@ def test_a_sweep_killed_with_sigkill_resumes_only_the_missing_trials(tmp_path, b
         "hydra/launcher=basic",
         "trainer.threads=1",
     ]
-    process = subprocess.Popen(
-        command("sweep", *arguments), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    process = started("sweep", *arguments)
+    wait_until(
+        process, lambda: (folder / "runs.csv").exists() and "finished" in (folder / "runs.csv").read_text()
     )
-    deadline = time.time() + 300
-    while not (folder / "runs.csv").exists() or "finished" not in (folder / "runs.csv").read_text():
-        assert process.poll() is None and time.time() < deadline, process.stderr.read()
-        time.sleep(0.05)
     process.kill()  # SIGKILL: no handler runs, the trial in hand is left as it was
     process.wait()
     before = {run_id: (folder / run_id / "run.json").read_text() for run_id, r in rows(folder).items()
@@ -128,13 +138,10 @@ def test_a_parallel_sweep_stopped_by_sigterm_keeps_its_rows_and_resumes(tmp_path
     folder = tmp_path / "grid"
     arguments = ["sweep=lr_wd_grid", *TINY, *GRID, f"sweep_dir={folder}", "hydra/launcher=joblib",
                  "hydra.launcher.n_jobs=2", "trainer.threads=1"]  # fmt: skip
-    process = subprocess.Popen(
-        command("sweep", *arguments), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    process = started("sweep", *arguments)
+    wait_until(
+        process, lambda: (folder / "runs.csv").exists() and "finished" in (folder / "runs.csv").read_text()
     )
-    deadline = time.time() + 300
-    while not (folder / "runs.csv").exists() or "finished" not in (folder / "runs.csv").read_text():
-        assert process.poll() is None and time.time() < deadline, process.stderr.read()
-        time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 143
     stopped = rows(folder)
@@ -371,13 +378,8 @@ def test_a_search_killed_mid_trial_and_resumed_runs_exactly_its_trials(tmp_path)
     folder = tmp_path / "search"
     arguments = ["tune=adamw_lr_wd", "trials=4", *TINY, f"sweep_dir={folder}", "trainer.threads=1",
                  "tune.heartbeat_s=1", "tune.grace_s=2", "tune.startup_trials=2"]  # fmt: skip
-    process = subprocess.Popen(
-        command("tune", *arguments), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    deadline = time.time() + 300
-    while not (folder / "runs.csv").exists() or len(rows(folder)) < 2:
-        assert process.poll() is None and time.time() < deadline, process.stderr.read()
-        time.sleep(0.05)
+    process = started("tune", *arguments)
+    wait_until(process, lambda: (folder / "runs.csv").exists() and len(rows(folder)) >= 2)
     process.kill()  # mid-trial: its row says running, its study trial stays RUNNING
     process.wait()
     killed = [r["run_id"] for r in rows(folder).values() if r["status"] == "running"]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from runner.sparsify import engines, export, training
 from runner.sparsify.distill import distillation_loss
 from runner.sparsify.schema import compose
-from tests.test_sparsify_pruning import tiny_bert
+from tests.runner.sparsify.test_pruning import tiny_bert
 
 INT8_TOLERANCE = 0.05  # max |logit difference| of int8 vs fp32 on the tiny model (logits are about +-1)
 

@@ -1,4 +1,4 @@
-"""make bench's language_model section (runner/bench_lm.py): the Kneser-Ney baseline against a hand computation
+"""make bench's language_model section (bench/wikitext2_language_model.py): the Kneser-Ney baseline against a hand computation
 and a slow, direct implementation; the plain and the recipe loop on a tiny corpus; the CSVs it writes."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from bench import wikitext2_language_model as bench_lm
 from recipes import wikitext2 as lm
-from runner import bench_lm
 from runner.errors import UsageError
 from runner.results import run_row, upsert_row, write_config
 

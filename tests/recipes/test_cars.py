@@ -410,7 +410,7 @@ def test_the_two_phases_are_one_run_and_a_kill_in_phase_two_resumes_bitwise(tmp_
     phase 2 and a resume end bitwise where an uninterrupted run ends, in one folder with one row."""
     from runner import checkpoint, results
     from runner.run import train
-    from tests.test_loop import assert_same_run
+    from tests.conftest import assert_same_run, interrupting
 
     def cfg(*extra: str):
         return cars_cfg("trainer.epochs=3", "recipe.frozen_fraction=0.34", "trainer.progress=false",
@@ -420,23 +420,13 @@ def test_the_two_phases_are_one_run_and_a_kill_in_phase_two_resumes_bitwise(tmp_
     straight = train(cfg(f"run_dir={tmp_path / 'straight'}"))
     build = cars.build
 
-    def build_interrupted(config, device):  # Ctrl-C at the second batch of epoch 2, the first of phase 2
-        task = build(config, device)
-        batches = task.batches
+    def frozen_body(state):  # phase 1 (epoch 1) left the body as initialised
+        body = {k: v for k, v in state["model"].items() if not k.startswith("fc.")}
+        assert all(torch.equal(v, initial[k]) for k, v in body.items())
 
-        def interrupting(generator):
-            for i, batch in enumerate(batches(generator)):
-                state = checkpoint.load(Path(config.run_dir)) if i == 1 else None
-                if state is not None and state["epoch"] == 1:
-                    body = {k: v for k, v in state["model"].items() if not k.startswith("fc.")}
-                    assert all(torch.equal(v, initial[k]) for k, v in body.items())  # phase 1: frozen body
-                    raise KeyboardInterrupt
-                yield batch
-
-        task.batches = interrupting
-        return task
-
-    monkeypatch.setattr(cars, "build", build_interrupted)
+    monkeypatch.setattr(
+        cars, "build", interrupting(build, at_batch=1, after_epoch=1, inspect=frozen_body)
+    )  # Ctrl-C at the second batch of epoch 2, the first of phase 2
     assert train(cfg(f"run_dir={tmp_path / 'resumed'}"))["status"] == "interrupted"
     monkeypatch.setattr(cars, "build", build)
     assert train(cfg(f"run_dir={tmp_path / 'resumed'}", "resume=true"))["status"] == "finished"

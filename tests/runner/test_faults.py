@@ -17,14 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from rich.console import Console
 
-from runner import cli, results
+from runner import results
 from runner.results import replaced_atomically
-from tests.conftest import write_cifar10, write_fashion_mnist
-from tests.test_loop import assert_same_run
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO, adamrun, assert_one_line, assert_same_run, write_cifar10, write_fashion_mnist
 
 
 def tiny(root: Path, results_dir: Path, *extra: str) -> list[str]:
@@ -33,25 +29,6 @@ def tiny(root: Path, results_dir: Path, *extra: str) -> list[str]:
         "trainer.batch_size=32", "trainer.eval_batch_size=64", "trainer.progress=false", "trainer.log_every=2",
         "trainer.threads=1", "trainer.epochs=2", *extra,
     ]  # fmt: skip
-
-
-def adamrun(monkeypatch, capsys, *argv: str, cwd: Path | None = None) -> tuple[int, str, str]:
-    """The real command in this process (cli.main), as a user types it."""
-    monkeypatch.setattr(sys, "argv", ["adamrun", *argv])
-    monkeypatch.setattr(cli, "console", Console(width=200))
-    if cwd is not None:
-        monkeypatch.chdir(cwd)
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main()
-    out, err = capsys.readouterr()
-    return exit_info.value.code, out, err
-
-
-def assert_one_line(err: str, *fragments: str) -> None:
-    assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in err, err
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

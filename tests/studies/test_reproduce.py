@@ -1,0 +1,204 @@
+"""`adamrun reproduce`: every study's config composes (both scales), mistakes are one line before any run, and
+(slow) every study runs end to end on tiny limits through the real sweeps, resuming without re-running a trial."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from runner.config import CONF_DIR
+from runner.errors import UsageError
+from studies import report, reproduce, stats
+from studies.trials import digest, merged
+from tests.conftest import adamrun, assert_one_line
+
+STUDIES = sorted(p.stem for p in (CONF_DIR / "study").glob("*.yaml"))
+
+
+# ------------------------------------------------------------------------------------------------ configs
+@pytest.mark.parametrize("scale", ["offline", "full"])
+def test_every_study_composes_one_trial_of_each_of_its_sweeps(scale):
+    plan = reproduce.plan([f"scale={scale}"])
+    assert [s.name for s in plan.studies] == list(plan.settings.studies)
+    assert sorted(plan.settings.studies) == STUDIES  # make reproduce runs every study there is
+    assert reproduce.check_trials(plan) >= len(STUDIES)
+
+
+def test_the_offline_budget_fits_90_minutes_with_margin():
+    plan = reproduce.plan([])
+    minutes = sum(s.scale.minutes for s in plan.studies)
+    assert minutes <= 75, f"the studies' expected minutes add up to {minutes}"
+
+
+def test_a_study_override_changes_its_config_and_a_typo_is_one_line():
+    plan = reproduce.plan(["study=schedules", "study.budgets=[1,2]", "study.short=1", "study.long=2"])
+    assert list(plan.studies[0].scale.budgets) == [1, 2]
+    with pytest.raises(UsageError, match="unknown config key 'study.budget'"):
+        reproduce.plan(["study=schedules", "study.budget=[1]"])
+    with pytest.raises(UsageError, match="must both be in study.budgets"):
+        reproduce.plan(["study=schedules", "study.short=3"])
+    with pytest.raises(UsageError, match="at least 3 distinct seeds"):
+        reproduce.plan(["shared.seeds=[1,2]"])
+    with pytest.raises(UsageError, match="study.margin must be > 0"):  # refused before hours of runs
+        reproduce.plan(["study=decoupling", "study.margin=0"])
+    with pytest.raises(UsageError, match="study.short must be < study.long"):
+        reproduce.plan(["study=schedules", "study.short=4"])
+    with pytest.raises(UsageError, match="must differ from study.baseline"):
+        reproduce.plan(["study=amsgrad", "study.contender=adamw"])
+
+
+def test_trial_overrides_go_to_every_trial_and_a_bad_one_stops_before_any_run():
+    plan = reproduce.plan(["study=warmup", "trainer.threads=1", "data.train_limit=2000"])
+    assert plan.extra == ["trainer.threads=1", "data.train_limit=2000"]
+    bad = reproduce.plan(["study=warmup", "trainer.epochz=1"])
+    with pytest.raises(UsageError, match="study warmup, sweep warmup: unknown config key 'trainer.epochz'"):
+        reproduce.check_trials(bad)
+
+
+def test_cli_mistakes_are_one_line_and_exit_2(monkeypatch, capsys, tmp_path):
+    code, _, err = adamrun(monkeypatch, capsys, "reproduce", "study=adamw_vs_sgd")
+    assert code == 2
+    assert_one_line(err, "unknown study 'adamw_vs_sgd'", "decoupling")
+    code, _, err = adamrun(monkeypatch, capsys, "reproduce", "scale=huge")
+    assert code == 2
+    assert_one_line(err, "scale must be one of offline, full")
+    code, _, err = adamrun(monkeypatch, capsys, "reproduce", "--report-only", f"out_dir={tmp_path / 'none'}")
+    assert code == 2
+    assert_one_line(err, "no study has written its CSVs")
+
+
+def test_sweeps_are_named_by_their_trials_not_by_runtime_settings():
+    trials = ["optimizer=adamw", "optimizer.lr=1e-3,3e-3"]
+    assert digest(trials) == digest([*trials, "trainer.threads=1", "hydra.launcher.n_jobs=1"])
+    assert digest(trials) != digest([*trials, "data=cifar10"])
+    assert merged(["data=fashion_mnist", "seed=1", "data=cifar10"]) == ["seed=1", "data=cifar10"]
+    assert reproduce.first_trial(
+        ["optimizer.lr=1e-3,3e-3", "recipe.widths=[8,8]", "trainer.target=val_acc>=0.5"]
+    )[:2] == ["optimizer.lr=0.001", "recipe.widths=[8,8]"]
+
+
+# ------------------------------------------------------------------------------------------------ end to end
+CNN = [
+    "recipe=cifar10",
+    "data=fashion_mnist",
+    "data.train_limit=400",
+    "data.val_size=100",
+    "recipe.widths=[8,8,16,16]",
+    "trainer.batch_size=50",
+    "trainer.eval_batch_size=200",
+    "trainer.epochs=1",
+    "optimizer.decay_mode=torch",
+]
+ARTICLES = {
+    f"{topic} {i}": {
+        "title": f"{topic} {i}",
+        "topic": topic,
+        "extract": f"{topic} {i} is a word about {topic.lower()} and more words.\nAgain: words.",
+    }
+    for topic in ("Arts", "People")
+    for i in range(8)
+}
+
+
+def tiny_arguments(tmp_path: Path) -> list[str]:
+    """Every study on fixture-sized limits: tiny nets, 1 epoch, 3 x 2 grids, 3 seeds, a 16-article corpus."""
+    corpus = tmp_path / "wiki.json"
+    corpus.write_text(json.dumps(ARTICLES))
+    lm = [
+        "recipe=wikitext2",
+        "data=wiki_offline",
+        "model=awd_lstm_small",
+        "~data.val_size",
+        "data.wiki.package=null",
+        f"data.wiki.file={corpus}",
+        "data.wiki.split=[0.5,0.25,0.25]",
+        "data.train_limit=null",
+        "data.test_limit=null",
+        "trainer.epochs=1",
+        "optimizer.decay_mode=torch",
+        "model.emb_size=8",
+        "model.hidden_size=8",
+        "trainer.batch_size=2",
+        "recipe.bptt=5",
+        "recipe.eval_batch_size=1",
+    ]
+    arguments = [
+        f"shared.bases.cnn.trials={json.dumps(CNN)}",
+        'shared.bases.cnn.select=["data.test_limit=100"]',
+        'shared.bases.cnn.confirm=["data.test_limit=100", "trainer.eval_every=0.5", "trainer.target=val_acc>=0.2"]',
+        f"shared.bases.lm.trials={json.dumps(lm)}",
+        "shared.seeds=[1,2,3]",
+    ]
+    for arm in ("adam_l2", "adamw", "amsgrad"):
+        arguments += [f"shared.arms.{arm}.lr=[1e-3,1e-2,3e-2]", f"shared.arms.{arm}.weight_decay=[1e-4,1e-2]"]
+    arguments += ["shared.arms.sgd.lr=[0.01,0.1,0.3]", "shared.arms.sgd.weight_decay=[1e-4,1e-2]"]
+    return [
+        *arguments,
+        "trainer.threads=1",
+        "trainer.log_every=2",
+        f"out_dir={tmp_path / 'out'}",
+        f"work_dir={tmp_path / 'work'}",
+    ]
+
+
+STUDY_OVERRIDES = {  # the non-grid studies, shrunk the same way
+    "schedules": [
+        "study.schedules=[one_cycle,constant]",
+        "study.lr=[1e-2]",
+        "study.select_budget=1",
+        "study.budgets=[1,2]",
+        "study.short=1",
+        "study.long=2",
+    ],
+    "warmup": ["study.lr=[1e-1]", "study.trials=[schedule=cosine]"],
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_reproduction(tmp_path_factory) -> Path:
+    """Every study, one after the other, through the real sweeps (joblib, 2 jobs x 1 thread)."""
+    tmp = tmp_path_factory.mktemp("reproduce")
+    for study in reproduce.load_settings().studies:
+        plan = reproduce.plan([f"study={study}", *STUDY_OVERRIDES.get(study, []), *tiny_arguments(tmp)])
+        reproduce.run(plan, echo=lambda line: None, report=False)
+    report.write_report(tmp / "out")
+    return tmp
+
+
+@pytest.mark.slow
+def test_every_study_runs_end_to_end_and_reports(tiny_reproduction):
+    out = tiny_reproduction / "out"
+    text = (out / "report.md").read_text()
+    assert text == report.render_report(out)
+    for study in STUDIES:
+        runs = pd.read_csv(out / f"{study}_runs.csv")
+        assert len(runs) and (runs["status"] == "finished").any(), study
+        assert (out / f"{study}.png").stat().st_size > 10_000
+        assert f"## {study}:" in text
+    for section in report.sections(out):
+        assert section.verdict.outcome in (stats.SUPPORTED, stats.NOT_SUPPORTED, stats.INCONCLUSIVE)
+    adamw = pd.read_csv(out / "adamw_vs_adam_runs.csv")
+    amsgrad = pd.read_csv(out / "amsgrad_runs.csv")
+    shared = set(adamw.loc[adamw["arm"] == "adamw", "sweep"]) & set(
+        amsgrad.loc[amsgrad["arm"] == "adamw", "sweep"]
+    )
+    assert len(shared) == 2  # AdamW's grid and seeds: one sweep each, serving both studies
+    assert adamw.loc[adamw["role"] == "select", "test_metric"].isna().all()  # selection shows no test figure
+    confirm = adamw[adamw["role"] == "confirm"]
+    assert sorted(confirm["seed"].unique()) == [1, 2, 3] and confirm["test_metric"].notna().all()
+
+
+@pytest.mark.slow
+def test_a_finished_study_run_again_reruns_no_trial(tiny_reproduction):
+    lines = []
+    before = {p: p.read_text() for p in (tiny_reproduction / "work").rglob("run.json")}
+    timing = tiny_reproduction / "work" / "amsgrad-offline.timing.json"
+    spent = timing.read_text()
+    plan = reproduce.plan(["study=amsgrad", *tiny_arguments(tiny_reproduction)])
+    reproduce.run(plan, echo=lines.append, report=False)
+    assert all("trials done" in line for line in lines if ": grid-" in line or ": seeds-" in line), lines
+    assert {p: p.read_text() for p in (tiny_reproduction / "work").rglob("run.json")} == before
+    assert timing.read_text() == spent  # nothing trained: the study's measured time stays what it was
