@@ -265,6 +265,7 @@ class TrainerConfig:
     eval_every: float = MISSING  # epochs between evaluations: 1 each epoch end, 0.25 four times per epoch
     target: str | None = MISSING  # e.g. val_acc>=0.93: record the time, epochs and steps to reach it
     stop_at_target: bool = MISSING  # end the run once the target holds
+    divergence: float | None = MISSING  # diverged above this multiple of the first logged training loss
 
     def __post_init__(self) -> None:
         check(self.epochs > 0, "trainer.epochs", "must be > 0", self.epochs)
@@ -287,6 +288,8 @@ class TrainerConfig:
             "must be 1 or 1/n of an epoch (0.5, 0.25, ...)",
             self.eval_every,
         )
+        if self.divergence is not None:
+            check(self.divergence > 1, "trainer.divergence", "must be > 1 or null", self.divergence)
         if self.target is not None:
             parse_target(self.target)
         check(

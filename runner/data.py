@@ -86,6 +86,12 @@ class ImageDataConfig:
             if limit is not None:
                 check(limit > 0, f"data.{key}", "must be > 0 or null", limit)
         check(self.val_size >= 0, "data.val_size", "must be >= 0", self.val_size)
+        if (
+            self.train_limit is not None
+        ):  # known before any image is read: a sweep stops before its first trial
+            check(self.val_size < self.train_limit, "data.val_size",
+                  f"must be below data.train_limit ({self.train_limit}): the rest is the training set",
+                  self.val_size)  # fmt: skip
 
 
 @read_once

@@ -58,6 +58,16 @@ class Headway:
     wall_s: float = 0.0  # wall-clock seconds of the run so far, over all its segments
     history: list[dict] = field(default_factory=list)
     reached: dict = field(default_factory=dict)  # time_to_target_s, epochs_to_target, steps_to_target
+    first_loss: float | None = (
+        None  # the training loss of the run's first step: divergence is measured from it
+    )
+
+
+def diverged(loss: float, first: float, multiple: float | None) -> bool:
+    """The one definition of divergence, which every command and study uses: a training loss that is not
+    finite, or above `multiple` (trainer.divergence) times the run's first one. Read where the loop
+    synchronizes anyway (every log_every steps, each evaluation)."""
+    return not math.isfinite(loss) or (multiple is not None and loss > multiple * first)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -157,7 +167,12 @@ def fit(
         metrics = evaluate(task, optimizer, cfg, device, [task.splits[0]])  # val, or test without a val split
         row = {"epoch": round(position, 6), "step": headway.step, "train_loss": tally.train_loss(), **metrics,
                "lr": max_lr(optimizer)}  # fmt: skip
-        status = "diverged" if not all(math.isfinite(v) for v in row.values()) else ""
+        finite = all(math.isfinite(v) for v in row.values())
+        status = (
+            "diverged"
+            if not finite or diverged(row["train_loss"], headway.first_loss, cfg.trainer.divergence)
+            else ""
+        )
         if target is not None and not headway.reached and target.reached(row):
             headway.reached = {"time_to_target_s": round(headway.seconds + tally.seconds(), 3),
                                "epochs_to_target": row["epoch"], "steps_to_target": headway.step}  # fmt: skip
@@ -212,10 +227,13 @@ def fit(
                         loss, state = train_step(task, optimizer, batch, state, cfg, headway.step)
                         headway.step += 1
                         tally.add(loss, task.count(batch))
+                        if headway.first_loss is None:  # one synchronization a run
+                            headway.first_loss = loss.item()
                         if headway.step % cfg.trainer.log_every == 0:
-                            if not torch.isfinite(loss):  # synchronizes, so only every log_every steps
+                            logged = loss.item()  # synchronizes, so only every log_every steps
+                            if diverged(logged, headway.first_loss, cfg.trainer.divergence):
                                 return outcome("diverged")
-                            bar.update(progress, completed=headway.step, loss=loss.item(), lr=max_lr(optimizer),
+                            bar.update(progress, completed=headway.step, loss=logged, lr=max_lr(optimizer),
                                        speed=tally.speed())  # fmt: skip
                         if tally.batches in mid_epoch:
                             row, status = evaluation(

@@ -306,14 +306,24 @@ def resumed_overrides(folder: Path, name: str, given: list[str]) -> list[str]:
     if saved["name"] != name:
         raise UsageError(f"{folder} holds sweep {saved['name']}, not {name}")
     kept = {key_of(o): o for o in saved["overrides"]}
-    for override in given:
-        key = key_of(override)
-        if not key.startswith(RUNTIME) and kept.get(key) != override:
-            raise UsageError(
-                f"resume=true continues the sweep under its saved overrides ({' '.join(saved['overrides']) or 'none'}); "
-                f"{override} would change it: start a new sweep (sweep_dir=<new folder>)"
-            )
+    changed = [o for o in given if not key_of(o).startswith(RUNTIME) and kept.get(key_of(o)) != o]
+    if changed:
+        raise UsageError(
+            f"resume=true continues the sweep in {folder} under its saved overrides, and "
+            f"{differences(saved['overrides'], changed, only_given=True)}: start a new sweep (sweep_dir=<new folder>)"
+        )
     return [*saved["overrides"], *(o for o in given if key_of(o).startswith(RUNTIME))]
+
+
+def differences(saved: list[str], given: list[str], only_given: bool = False) -> str:
+    """The keys whose values differ between two override lists, each with both values (and nothing else)."""
+    old, new = ({key_of(o): value_of(o) for o in overrides} for overrides in (saved, given))
+    keys = sorted(new if only_given else old.keys() | new.keys())
+    return "; ".join(
+        f"{key} is {old.get(key, 'unset')} there, {new.get(key, 'unset')} here"
+        for key in keys
+        if old.get(key) != new.get(key)
+    )
 
 
 def grid(name: str, overrides: list[str]) -> dict[str, list[str]]:
@@ -447,7 +457,17 @@ def run(sweep: Sweep, echo=print) -> Sweep:
     finally:
         sys.argv = saved_argv
     sweep.statuses = watcher.statuses()
+    refuse_common_failure(sweep)
     return sweep
+
+
+def refuse_common_failure(sweep: Sweep) -> None:
+    """Every trial failed with the same error: a mistake they share (a path, a size that no trial's data
+    has), not one that depends on a trial's values; one line and exit 2 rather than a table of failures."""
+    rows = results.read_rows(sweep.dir / "runs.csv")
+    errors = {row.get("error", "") for row in rows}
+    if rows and len(rows) == sweep.trials and all(r["status"] == "failed" for r in rows) and len(errors) == 1:
+        raise UsageError(f"every trial of the sweep failed with: {errors.pop()}")
 
 
 class Watcher:

@@ -25,7 +25,7 @@ from omegaconf import MISSING, DictConfig
 from runner import results, signals
 from runner.config import TrainConfig, check, compose, group_options, quote_target
 from runner.errors import UsageError
-from runner.sweep import failed_row, key_of, trial_dirname, value_of
+from runner.sweep import differences, failed_row, key_of, trial_dirname, value_of
 
 
 class Direction(StrEnum):
@@ -92,7 +92,7 @@ class TuneConfig(TrainConfig):
     tune: TuneSettings = MISSING  # the search's settings, from conf/tune/<name>.yaml
 
 
-OWN_KEYS = ("tune", "trials", "sweep_dir")
+OWN_KEYS = ("tune", "trials", "sweep_dir", "resume")
 
 
 @dataclass
@@ -123,10 +123,16 @@ def plan(arguments: list[str]) -> Search:
     folder = Path(own.get("sweep_dir") or Path(cfg.results_dir) / "sweeps" / name).expanduser().resolve()
     saved = folder / "tune.json"
     settings = {"name": name, "overrides": overrides}
-    if saved.exists() and json.loads(saved.read_text()) != settings:
-        raise UsageError(
-            f"{folder} holds a search with other settings ({saved.read_text().strip()}); give sweep_dir=<new folder>"
-        )
+    resume = own.get("resume")  # running the same command again joins the search: resume=true says the same
+    check(
+        resume in (None, "true"), "resume", "can only be true (a new search: sweep_dir=<new folder>)", resume
+    )
+    if resume and not saved.exists():
+        raise UsageError(f"resume=true: there is no search to resume in {folder} (no tune.json)")
+    if saved.exists() and (held := json.loads(saved.read_text())) != settings:  # the same search is joined
+        what = (f"search {held['name']}, not {name}" if held["name"] != name
+                else f"a search with other settings ({differences(held['overrides'], overrides)})")  # fmt: skip
+        raise UsageError(f"{folder} holds {what}; give sweep_dir=<new folder>")
     if not saved.exists() and folder.exists() and any(folder.iterdir()):
         raise UsageError(f"{folder} is not empty and holds no search; give sweep_dir=<new folder>")
     results.write_json(saved, settings)

@@ -46,7 +46,13 @@ from studies.trials import (
     write_table,
 )
 
-OWN_KEYS = ("study", "scale", "out_dir", "work_dir")  # the command's own keys; study.* and shared.* too
+OWN_KEYS = (
+    "study",
+    "scale",
+    "out_dir",
+    "work_dir",
+    "resume",
+)  # the command's own keys; study.*, shared.* too
 
 
 # ------------------------------------------------------------------------------------------------ schemas
@@ -84,6 +90,8 @@ def plan(arguments: list[str]) -> Plan:
     own = {key_of(a): value_of(a) for a in arguments if key_of(a) in OWN_KEYS}
     config_overrides = [a for a in arguments if key_of(a).startswith(("study.", "shared."))]
     extra = [a for a in arguments if key_of(a) not in OWN_KEYS and a not in config_overrides]
+    check(own.get("resume", "true") == "true", "resume",
+          "can only be true: running the command again continues every study where it stopped", own.get("resume"))  # fmt: skip
     settings = load_settings()
     scale = own.get("scale", settings.scale)
     check(scale in settings.scales, "scale", f"must be one of {', '.join(settings.scales)}", scale)

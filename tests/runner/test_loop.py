@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -93,3 +94,23 @@ def test_a_non_finite_loss_stops_the_run_as_diverged(tiny_cfg):
     row = train(tiny_cfg("optimizer=sgd", "optimizer.lr=1e30", "schedule=constant"))
     assert row["status"] == "diverged"
     assert row["test_metric"] == ""  # no epoch finished
+
+
+def test_divergence_is_a_non_finite_loss_or_one_above_the_multiple_of_the_first():
+    from runner.loop import diverged
+
+    assert not diverged(19.9, 2.0, 10.0) and diverged(20.1, 2.0, 10.0)
+    assert diverged(math.nan, 2.0, None) and diverged(math.inf, 2.0, 10.0)
+    assert not diverged(1e12, 2.0, None)  # null: only a non-finite loss counts
+
+
+def test_a_run_that_collapses_with_a_finite_loss_is_diverged(tiny_cfg, tmp_path):
+    """lr=30: the loss rises to hundreds, then the net settles at chance (ln 10) with a finite loss; judged
+    by a non-finite loss alone it would be `finished`; against its first loss it is `diverged`."""
+    collapsed = ["optimizer.lr=30", "schedule=constant"]
+    row = train(tiny_cfg(*collapsed, f"run_dir={tmp_path / 'a'}"))
+    assert row["status"] == "diverged"
+    unjudged = train(tiny_cfg(*collapsed, "trainer.divergence=null", f"run_dir={tmp_path / 'b'}"))
+    history = read_metrics(Path(unjudged["run_dir"]))
+    assert unjudged["status"] == "finished" and all(math.isfinite(h["train_loss"]) for h in history)
+    assert max(h["train_loss"] for h in history) > 10 * math.log(10)  # 10x the first loss, at chance

@@ -198,6 +198,10 @@ def test_the_grid_through_a_ray_head_started_here(tmp_path, basic_grid):
             "grid axis optimizer=adamx: unknown optimizer 'adamx'",
         ),
         (["sweep=lr_wd_grid", "resume=true"], "there is no sweep to resume"),
+        (  # the grid holds out 2,000 validation images: a mistake every trial shares, known before any data
+            ["sweep=lr_wd_grid", "data.train_limit=1000"],
+            "data.val_size must be below data.train_limit (1000)",
+        ),
     ],
 )
 def test_sweep_mistakes_are_one_line(monkeypatch, capsys, tmp_path, arguments, says):
@@ -244,7 +248,10 @@ def test_a_sweep_folder_in_use_is_refused_and_a_resume_cannot_change_the_grid(mo
     code, _, err = adamrun(monkeypatch, capsys, "sweep", "sweep=lr_wd_grid", f"sweep_dir={folder}", "resume=true",
                            "trainer.epochs=5")  # fmt: skip
     assert code == 2
-    assert_one_line(err, "trainer.epochs=5 would change it")
+    assert_one_line(
+        err, "trainer.epochs is unset there, 5 here: start a new sweep"
+    )  # only the key that differs
+    assert "data=fashion_mnist" not in err
 
 
 # ------------------------------------------------------------------------------------------ pieces
@@ -399,7 +406,23 @@ def test_a_search_with_other_settings_in_the_same_folder_is_refused(monkeypatch,
     (folder / "tune.json").write_text(json.dumps({"name": "adamw_lr_wd", "overrides": ["tune.trials=3"]}))
     code, _, err = adamrun(monkeypatch, capsys, "tune", "tune=adamw_lr_wd", "trials=5", f"sweep_dir={folder}")
     assert code == 2
-    assert_one_line(err, "holds a search with other settings")
+    assert_one_line(err, "holds a search with other settings (tune.trials is 3 there, 5 here)")
+
+
+def test_resume_true_continues_a_search_as_running_it_again_does(monkeypatch, capsys, tmp_path):
+    """One meaning of resume: `resume=true` is accepted by tune as by train and sweep, and continues the
+    search in the folder; with no search there it is one line."""
+    from runner import tune
+
+    folder = tmp_path / "search"
+    first = tune.plan(["tune=adamw_lr_wd", "trials=2", f"sweep_dir={folder}"])
+    again = tune.plan(["tune=adamw_lr_wd", "trials=2", f"sweep_dir={folder}", "resume=true"])
+    assert (again.dir, again.overrides) == (first.dir, first.overrides)
+    code, _, err = adamrun(
+        monkeypatch, capsys, "tune", "tune=adamw_lr_wd", "resume=true", f"sweep_dir={tmp_path / 'no'}"
+    )
+    assert code == 2
+    assert_one_line(err, "resume=true: there is no search to resume")
 
 
 @pytest.mark.slow
@@ -407,3 +430,16 @@ def test_report_reads_a_sweep_again(monkeypatch, capsys, basic_grid):
     code, out, err = adamrun(monkeypatch, capsys, "report", str(basic_grid))
     assert code == 0, err
     assert "adamw" in out and "sgd" in out
+
+
+def test_a_failure_every_trial_shares_stops_the_sweep_with_one_line(monkeypatch, capsys, tmp_path):
+    """Data that no trial can read: each trial fails alike, so the sweep ends with exit 2 and the one line,
+    not a table of failures and exit 0 (their rows stay, naming the error)."""
+    code, _, err = adamrun(monkeypatch, capsys, "sweep", "sweep=lr_wd_grid", *TINY, "optimizer=adamw",
+                           "optimizer.lr=1e-3,3e-3", "optimizer.weight_decay=0", "data.root=/nowhere",
+                           "hydra/launcher=basic", f"sweep_dir={tmp_path / 's'}")  # fmt: skip
+    assert code == 2
+    assert_one_line(
+        err, "every trial of the sweep failed with: UsageError: Fashion-MNIST not found in /nowhere"
+    )
+    assert [r["status"] for r in rows(tmp_path / "s").values()] == ["failed", "failed"]

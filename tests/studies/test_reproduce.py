@@ -202,3 +202,15 @@ def test_a_finished_study_run_again_reruns_no_trial(tiny_reproduction):
     assert all("trials done" in line for line in lines if ": grid-" in line or ": seeds-" in line), lines
     assert {p: p.read_text() for p in (tiny_reproduction / "work").rglob("run.json")} == before
     assert timing.read_text() == spent  # nothing trained: the study's measured time stays what it was
+
+
+def test_resume_true_is_accepted_as_running_the_command_again(monkeypatch, capsys):
+    """One meaning of resume: reproduce continues whenever it runs again, so resume=true is a synonym (never a
+    trial override), and resume=false, which it cannot honour, is one line."""
+    from studies import reproduce as studies
+
+    planned = studies.plan(["study=decoupling", "resume=true"])
+    assert planned.extra == [] and [s.name for s in planned.studies] == ["decoupling"]
+    code, _, err = adamrun(monkeypatch, capsys, "reproduce", "study=decoupling", "resume=false")
+    assert code == 2
+    assert_one_line(err, "resume can only be true")
