@@ -6,8 +6,11 @@ consistent. The exit code is 128 + the signal's number (130 Ctrl-C, 143 SIGTERM,
 
 from __future__ import annotations
 
+import functools
+import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -67,3 +70,34 @@ def deferred() -> Iterator[None]:
         signum = _pending[0]
         _pending.clear()
         raise Interrupted(signum) from None
+
+
+ORPHAN_POLL_S = 1.0  # seconds between a worker's looks at its parent
+ORPHAN_GRACE_S = 60.0  # seconds an orphaned worker's trial has to stop cleanly (its row, its checkpoint)
+_orphaned = threading.Event()
+
+
+@functools.cache  # one watcher per process
+def leave_with(parent: int) -> None:
+    """In a worker that `parent` started (a joblib/loky worker, a submitit_local job): once the parent is gone,
+    whatever killed it (SIGKILL, the OOM killer, a scheduler's hard limit), stop the trial in hand as SIGTERM
+    does (its row says interrupted, its last checkpoint stays, resume=true continues it), then exit; an idle
+    worker exits at once. A process that `parent` did not start (a SLURM job, a Ray actor) is left alone."""
+    if os.getppid() != parent:
+        return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(ORPHAN_POLL_S)
+        _orphaned.set()
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(ORPHAN_GRACE_S)  # the trial's own stop did not end the process in time
+        os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=watch, name="leave-with-parent", daemon=True).start()
+
+
+def exit_if_orphaned() -> None:
+    """After a trial stopped because its parent died: nobody waits for its result, so the worker ends here."""
+    if _orphaned.is_set():
+        os._exit(128 + signal.SIGTERM)

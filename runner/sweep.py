@@ -55,6 +55,7 @@ register_schemas()  # launcher workers compose their trial's config: they need t
 SWEEP_KEYS = ("sweep", "resume", "sweep_dir")  # the sweep's own arguments, not the trials'
 NOT_IDENTITY = ("sweep", "results_dir", "trainer.progress", "trainer.threads", "trainer.log_every")  # runtime
 # settings: the same trial whatever they are
+SWEEP_PID = "ADAMRUN_SWEEP_PID"  # the sweep's process, for its workers to leave with it
 MAX_DIRNAME = 120  # characters of a trial folder's name; longer override lists are shortened with a hash
 
 
@@ -75,6 +76,7 @@ def trial(cfg: DictConfig) -> dict:
     """Hydra's task function: one trial, a normal run. Ended trials are skipped; it never raises but for a
     stop signal (which ends the sweep, as Ctrl-C does)."""
     skip_final_collections()  # in a launcher's worker too
+    signals.leave_with(int(os.environ.get(SWEEP_PID, os.getpid())))
     hydra = HydraConfig.get()
     run_dir = Path(hydra.runtime.output_dir)
     overrides = [o for o in hydra.overrides.task if key_of(o) not in SWEEP_KEYS]
@@ -87,6 +89,7 @@ def trial(cfg: DictConfig) -> dict:
             row = run_trial(cfg, hydra, run_dir, overrides, labels)
     except Exception as err:  # noqa: BLE001 - a trial that raises is a row, and the sweep goes on
         row = failed_row(cfg, run_dir, labels, err)
+    signals.exit_if_orphaned()  # its row is written: the sweep that would read it is gone
     if row["status"] == "interrupted":
         raise signals.Interrupted(signals.exit_code() - 128)  # stop the sweep, as Ctrl-C stops a run
     return row
@@ -235,6 +238,7 @@ def warm_workers(settings: dict, recipe: str, trials: int) -> set[int]:
 def warm_up(recipe: str) -> int:
     """What a worker imports before its first trial. It never raises: a failed task would make joblib kill
     the executor's workers, trials included; the trials meet the same error and record it."""
+    signals.leave_with(int(os.environ.get(SWEEP_PID, os.getpid())))
     try:
         recipe_module(recipe)  # torch
         import_frozen("torch._dynamo")  # torch.optim's, when it builds its first optimizer
@@ -442,6 +446,7 @@ def run(sweep: Sweep, echo=print) -> Sweep:
     argv = ["adamrun-sweep", "--multirun", f"sweep={sweep.name}", *sweep.overrides, *hydra_settings(sweep)]
     watcher = Watcher(sweep, echo)
     saved_argv, sys.argv = sys.argv, argv
+    os.environ[SWEEP_PID] = str(os.getpid())  # the launcher's workers inherit it
     settle(sweep.dir)  # a sweep killed earlier may have left rows that say running
     try:
         with signals.handled(), watcher:
@@ -456,6 +461,7 @@ def run(sweep: Sweep, echo=print) -> Sweep:
             ) from None
     finally:
         sys.argv = saved_argv
+        os.environ.pop(SWEEP_PID, None)
     sweep.statuses = watcher.statuses()
     refuse_common_failure(sweep)
     return sweep

@@ -131,6 +131,60 @@ def test_a_sweep_killed_with_sigkill_resumes_only_the_missing_trials(tmp_path, b
     assert f"resuming {folder}" in resumed.stdout
 
 
+def descendants(pid: int) -> set[int]:
+    """Every process below `pid`, from /proc (a worker's own helpers included)."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited; only its parent has not collected it
+
+
+@pytest.mark.slow
+def test_a_joblib_sweep_killed_with_sigkill_leaves_no_worker_and_resumes_the_rest(tmp_path, basic_grid):
+    """SIGKILL (the OOM killer, a scheduler's hard limit) runs no handler in the sweep: its workers notice on
+    their own, stop their trials as SIGTERM would and exit; resume=true then runs exactly the missing trials."""
+    folder = tmp_path / "grid"
+    process = started("sweep", "sweep=lr_wd_grid", *TINY, *GRID, f"sweep_dir={folder}", "hydra/launcher=joblib",
+                      "hydra.launcher.n_jobs=2", "trainer.threads=1")  # fmt: skip
+    wait_until(
+        process, lambda: (folder / "runs.csv").exists() and "finished" in (folder / "runs.csv").read_text()
+    )
+    workers = descendants(process.pid)
+    assert workers, "the joblib launcher started no worker process"
+    process.kill()
+    process.wait()
+    deadline = time.time() + 10
+    while any(alive(pid) for pid in workers) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in workers if alive(pid)], "workers outlived their sweep by 10 s"
+    before = {run_id: (folder / run_id / "run.json").read_text() for run_id, r in rows(folder).items()
+              if r["status"] in results.TERMINAL}  # fmt: skip
+    resumed = subprocess.run(command("sweep", "sweep=lr_wd_grid", f"sweep_dir={folder}", "resume=true"),
+                             cwd=REPO, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert {run_id: outcome(r) for run_id, r in rows(folder).items()} == {
+        k: outcome(r) for k, r in rows(basic_grid).items()
+    }
+    for run_id, record in before.items():  # the trials that had ended were not run again
+        assert (folder / run_id / "run.json").read_text() == record
+
+
 @pytest.mark.slow
 def test_a_parallel_sweep_stopped_by_sigterm_keeps_its_rows_and_resumes(tmp_path, basic_grid):
     """SIGTERM (SLURM, Ray) while two joblib workers train: finished rows stay, the trials in hand say
