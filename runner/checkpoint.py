@@ -6,6 +6,7 @@ the previous checkpoint intact.
 
 from __future__ import annotations
 
+import io
 import pickle
 import zipfile
 from pathlib import Path
@@ -34,8 +35,10 @@ def restore_rng_states(states: dict[str, Any]) -> None:
 
 def save(run_dir: Path, state: dict[str, Any]) -> Path:
     path = Path(run_dir) / CHECKPOINT
+    buffer = io.BytesIO()
+    torch.save(state, buffer)  # in memory first: torch reports a full disk as an opaque RuntimeError
     with replaced_atomically(path) as tmp:
-        torch.save(state, tmp)
+        tmp.write_bytes(buffer.getbuffer())
     return path
 
 

@@ -48,6 +48,8 @@ Debug = Annotated[  # accepted by every command; its callback is its one reader
 ]
 
 EXIT_CODES = {"finished": 0, "diverged": 1, "failed": 1, "pruned": 0}  # interrupted: 128 + the signal
+USAGE_ERROR = 2  # a mistake in the command line or a file it names (click's code too)
+ENVIRONMENT_FAULT = 74  # the machine refused a write: disk full, read-only, permission (sysexits' EX_IOERR)
 
 TRAIN_EXAMPLES = """
 Examples:
@@ -306,11 +308,11 @@ def main() -> None:
     except UsageError as err:
         if Asked.debug:
             raise
-        fail(str(err), 2)
+        fail(str(err), USAGE_ERROR)
     except OSError as err:  # a folder that cannot be written, a disk that is full: the path and the reason
         if Asked.debug or not err.filename:
             raise
-        fail(f"{err.filename}: {err.strerror}", 2)
+        fail(f"{err.filename}: {err.strerror}", ENVIRONMENT_FAULT)
     except typer.TyperException as err:  # a bad command, option or value (typer's click): its message, code
         context = getattr(err, "ctx", None)
         where = context.command_path if context is not None else "adamrun"

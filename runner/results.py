@@ -62,7 +62,8 @@ def git_sha() -> str:
 @contextmanager
 def replaced_atomically(path: Path) -> Iterator[Path]:
     """Yield a temporary path to write; it replaces `path` only once the writing has finished (and is removed
-    if the writing fails). The name is unique per process, so concurrent writers never share one."""
+    if the writing fails: `path` stays as it was, and the OSError names it). The name is unique per process,
+    so concurrent writers never share one."""
     path = Path(path)
     tmp = path.with_name(
         f".{path.stem}.{os.getpid()}.tmp{path.suffix}"
@@ -70,6 +71,8 @@ def replaced_atomically(path: Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as err:  # a full disk, a read-only or vanished folder: name the file the user knows
+        raise OSError(err.errno, err.strerror, str(path)) from err
     finally:
         tmp.unlink(missing_ok=True)
 

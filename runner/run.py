@@ -5,6 +5,7 @@ SIGTERM/SIGHUP as Ctrl-C, and resuming only under the config the run was started
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Callable
@@ -64,7 +65,7 @@ def train(
             results.upsert_row(table, row)
         return row
 
-    outcome = Outcome("failed")
+    outcome, fault = Outcome("failed"), None
     with signals.handled():
         try:
             with signals.deferred():
@@ -77,8 +78,13 @@ def train(
             )
         except KeyboardInterrupt:  # before fit's own handling began
             outcome = Outcome("interrupted")
-        finally:
-            row = recorded(outcome.status, outcome.summary, outcome.wall_s)
+        except OSError as err:  # a full disk, a folder gone read-only: the last checkpoint is intact
+            fault = err
+        finally:  # the row says failed, not running, wherever it can still be written
+            with contextlib.suppress(OSError) if fault else contextlib.nullcontext():
+                row = recorded(outcome.status, outcome.summary, outcome.wall_s)
+    if fault is not None:
+        raise fault  # the first cause, for the one line the CLI prints
     return row
 
 
