@@ -314,6 +314,9 @@ def main() -> None:
             raise
         fail(f"{err.filename}: {err.strerror}", ENVIRONMENT_FAULT)
     except typer.TyperException as err:  # a bad command, option or value (typer's click): its message, code
+        if type(err).__name__ == "NoArgsIsHelpError":  # `adamrun`, `adamrun config` alone: the help itself
+            err_console.print(err.format_message(), markup=False, highlight=False)
+            sys.exit(err.exit_code)
         context = getattr(err, "ctx", None)
         where = context.command_path if context is not None else "adamrun"
         fail(f"{err.format_message()} (see {where} --help)", err.exit_code)

@@ -356,6 +356,8 @@ def compose(
             cfg = hydra_compose(config_name, overrides=overrides, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as err:
         raise UsageError(explain(err, overrides, config_name)) from err
+    except ValueError as err:  # Hydra's own check of a malformed override (`=3`: a group with no name)
+        raise UsageError(f"{' '.join(overrides)}: {one_line(str(err))}") from err
     choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
     with open_dict(cfg):
         del cfg["hydra"]

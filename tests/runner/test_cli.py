@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -11,7 +12,7 @@ from rich.console import Console
 from runner import cli
 from runner.config import compose
 from runner.errors import UsageError
-from tests.conftest import tiny_overrides
+from tests.conftest import assert_one_line, tiny_overrides
 
 OPTIMIZERS = ["adam_l2", "adam_l2_cars", "adam_l2_lm", "adamw", "adamw_lm", "amsgrad", "asgd", "sgd", "sgdw"]
 SCHEDULES = [
@@ -103,3 +104,51 @@ def test_help_does_not_import_torch():
     probe = "import sys, runner.cli; sys.argv = ['adamrun', '--help']\ntry:\n runner.cli.main()\nexcept SystemExit:\n pass\nprint('torch' in sys.modules)"  # noqa: E501
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert "train" in result.stdout and result.stdout.strip().endswith("False")
+
+
+def installed(*argv: str) -> subprocess.CompletedProcess:
+    """The console script as installed, as a user types it."""
+    script = str(Path(sys.executable).with_name("adamrun"))
+    return subprocess.run([script, *argv], capture_output=True, text=True, timeout=120)
+
+
+COMMANDS = sorted(
+    {c.name or c.callback.__name__.replace("_", "-") for c in cli.app.registered_commands} | {"config show"}
+)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize(
+    "mistake,says",
+    [
+        (["--frobnicate"], "No such option: --frobnicate"),
+        (["--debug=yes"], "Option '--debug' does not take a value"),
+    ],
+)
+def test_every_command_line_mistake_of_every_command_is_one_line_and_exit_2(command, mistake, says):
+    done = installed(*command.split(), *mistake)
+    assert done.returncode == 2, done.stderr
+    assert_one_line(done.stderr, says)
+
+
+@pytest.mark.parametrize(
+    "argv,says",
+    [
+        (["trian"], "No such command 'trian'. Did you mean 'train'?"),  # the suggestion kept
+        (["config", "shw"], "No such command 'shw'. Did you mean 'show'?"),
+        (["report", "--group-by"], "Option '--group-by' requires an argument"),
+        (["train", "optimizer.lr"], "Error parsing override 'optimizer.lr'"),  # malformed argument
+        (["train", "=3"], "Config group override must be a string"),
+        (["train", "optimizer.lr=fast"], "optimizer.lr"),  # bad value
+        (["report", "a", "b"], "adamrun report takes one results folder"),
+    ],
+)
+def test_mistakes_through_the_installed_command_are_one_line_and_exit_2(argv, says):
+    done = installed(*argv)
+    assert done.returncode == 2, done.stderr
+    assert_one_line(done.stderr, says)
+
+
+def test_a_command_group_alone_shows_its_help():
+    done = installed("config")
+    assert done.returncode == 2 and "Usage: adamrun config" in done.stderr and "Traceback" not in done.stderr
