@@ -6,6 +6,7 @@ A user's mistake becomes one line on stderr and exit code 2; `--debug` shows the
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import Annotated
 
@@ -50,6 +51,7 @@ Debug = Annotated[  # accepted by every command; its callback is its one reader
 EXIT_CODES = {"finished": 0, "diverged": 1, "failed": 1, "pruned": 0}  # interrupted: 128 + the signal
 USAGE_ERROR = 2  # a mistake in the command line or a file it names (click's code too)
 ENVIRONMENT_FAULT = 74  # the machine refused a write: disk full, read-only, permission (sysexits' EX_IOERR)
+PATH_MISTAKES = (errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG)  # a path given wrong: usage
 
 TRAIN_EXAMPLES = """
 Examples:
@@ -280,6 +282,10 @@ def show_report(folder, group_by: str = "optimizer") -> None:
         console.print(report.best_table(written))
     for name, why in written.skipped.items():
         console.print(f"{name}.png not drawn: {why}", markup=False)
+    if written.malformed:
+        table = written.folder / "runs.csv"
+        console.print(f"skipped {len(written.malformed)} malformed row{'s' if len(written.malformed) > 1 else ''} "
+                      f"of {table}: {'; '.join(written.malformed)}", markup=False)  # fmt: skip
     console.print(f"wrote {written.path('report')}", markup=False)
 
 
@@ -312,7 +318,10 @@ def main() -> None:
     except OSError as err:  # a folder that cannot be written, a disk that is full: the path and the reason
         if Asked.debug or not err.filename:
             raise
-        fail(f"{err.filename}: {err.strerror}", ENVIRONMENT_FAULT)
+        fail(
+            f"{err.filename}: {err.strerror}",
+            USAGE_ERROR if err.errno in PATH_MISTAKES else ENVIRONMENT_FAULT,
+        )
     except typer.TyperException as err:  # a bad command, option or value (typer's click): its message, code
         if type(err).__name__ == "NoArgsIsHelpError":  # `adamrun`, `adamrun config` alone: the help itself
             err_console.print(err.format_message(), markup=False, highlight=False)

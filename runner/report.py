@@ -89,6 +89,7 @@ class Report:
     # the runs without results (run_id, status, missing: why), e.g. failed, or no metrics.jsonl
     missing: pd.DataFrame = field(default_factory=pd.DataFrame)
     setting: list[str] = field(default_factory=list)  # the columns that define a setting
+    malformed: list[str] = field(default_factory=list)  # runs.csv rows left out, "line N: what is wrong"
 
     @property
     def swept(self) -> list[str]:
@@ -113,12 +114,15 @@ def canonical(column: pd.Series) -> pd.Series:
     return numbers.astype("float64")
 
 
-def load_runs(where: str | Path) -> tuple[Path, pd.DataFrame]:
+def load_runs(where: str | Path) -> tuple[Path, pd.DataFrame, list[str]]:
     """The folder and its runs.csv as a DataFrame: setting columns canonical, numbers as floats (NaN where a
-    failed run left them empty), status and metric as strings."""
+    failed run left them empty), status and metric as strings; and the malformed rows it left out, each named
+    by its line (a summary skips them rather than print shifted columns)."""
     path = Path(where).expanduser()
-    rows = runs_table(path)  # a wrong path or a table that is not one: a one-line UsageError
-    folder = path if path.is_dir() else path.parent
+    table, rows, malformed = runs_table(
+        path
+    )  # a wrong path or a table that is not one: a one-line UsageError
+    folder = table.parent
     extra = sorted({key for row in rows for key in row} - set(RUN_COLUMNS))
     runs = pd.DataFrame(rows, columns=[*RUN_COLUMNS, *extra], dtype=object).fillna("")
     runs = runs.map(lambda v: str(v).strip())
@@ -133,7 +137,7 @@ def load_runs(where: str | Path) -> tuple[Path, pd.DataFrame]:
         elif column in setting_columns(runs.columns) and column != "seed":
             runs[column] = canonical(runs[column])
     # sorted, so sums over seeds (and so every number written) do not depend on the order of runs.csv
-    return folder, runs.sort_values(["run_id", "seed"], kind="stable").reset_index(drop=True)
+    return folder, runs.sort_values(["run_id", "seed"], kind="stable").reset_index(drop=True), malformed
 
 
 def fill_label_only_rows(runs: pd.DataFrame) -> None:
@@ -783,7 +787,7 @@ def status_line(counts: dict[str, int]) -> str:
 def write_report(folder: str | Path, group_by: str = "optimizer") -> Report:
     """summary.csv/.md, best.csv/.md, the plots and report.md in `folder` (a results folder or sweep folder
     with runs.csv; a runs.csv path works too). A plot without data is skipped, and Report.skipped says why."""
-    folder, runs = load_runs(folder)
+    folder, runs, malformed = load_runs(folder)
     setting = setting_columns(runs.columns)
     if group_by not in runs.columns:
         raise UsageError(f"cannot group by {group_by!r}: runs.csv has no such column (columns: "
@@ -795,7 +799,7 @@ def write_report(folder: str | Path, group_by: str = "optimizer") -> Report:
     summary = summarize_settings(runs, setting)
     best = pick_best(summary, group_by) if not summary.empty else pd.DataFrame()
     report = Report(folder, group_by, summary=summary, best=best, status_counts=counts,
-                    missing=missing_results(runs, folder), setting=setting)  # fmt: skip
+                    missing=missing_results(runs, folder), setting=setting, malformed=malformed)  # fmt: skip
 
     drawn = {
         "curves": lambda p: plot_curves(p, folder, runs, summary, best, setting, group_by),
@@ -858,6 +862,9 @@ def report_md(report: Report) -> str:
         else:
             text += [f"![{title}]({FILES[name]})", ""]
     text += ["## Every setting ([summary.csv](summary.csv))", "", tables_md(report, "summary"), ""]
+    if report.malformed:
+        text += [f"## Malformed rows of runs.csv, left out ({len(report.malformed)})", "",
+                 *(f"- {line}" for line in report.malformed), ""]  # fmt: skip
     text += ["## Runs without results", ""]
     if report.missing.empty:
         text += ["None: every run finished with its metrics.", ""]

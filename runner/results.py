@@ -161,15 +161,39 @@ def check_new_run_dir(run_dir: Path) -> None:
         raise UsageError(f"run_dir {run_dir} is not empty and holds no run; give a new or empty folder")
 
 
+def read_json(
+    path: Path, required: dict[str, type | tuple], optional: dict[str, type | tuple] | None = None
+) -> dict:
+    """A JSON object that adamrun wrote, checked before anything uses it: a file that is empty, truncated, not
+    an object, without a required key, or with a value of the wrong type is one line naming it and the key."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        what = "empty" if not Path(path).stat().st_size else f"not JSON ({err})"
+        raise UsageError(f"{path} is corrupt: {what}") from err
+    if not isinstance(value, dict):
+        raise UsageError(f"{path} is corrupt: not a JSON object")
+    for key, kind in required.items() | (optional or {}).items():
+        if key not in value and key in required:
+            raise UsageError(f"{path} is corrupt: no {key!r}")
+        wrong = key in value and (
+            not isinstance(value[key], kind) or (isinstance(value[key], bool) and kind is not bool)
+        )  # JSON's true is a Python int too: it is no count or time
+        if wrong:
+            raise UsageError(f"{path} is corrupt: {key} is {value[key]!r}")
+    return value
+
+
+RUN_RECORD = {"status": str}  # run.json, as write_run writes it ...
+RUN_NUMBERS = {"wall_s": (int, float), "segments": int}  # ... with these where the run got that far
+
+
 def read_run(run_dir: Path) -> dict:
     """run.json: {run_id, status, wall_s, segments}; an empty record for a run created before it existed."""
     path = Path(run_dir) / "run.json"
     if not path.exists():
         return {}
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UsageError(f"{path} is corrupt ({err}); the run cannot be resumed") from err
+    return read_json(path, RUN_RECORD, RUN_NUMBERS)
 
 
 def write_run(run_dir: Path, record: dict) -> None:
@@ -198,35 +222,71 @@ def upsert_row(table: Path, row: dict) -> None:
             writer.writerows(rows)
 
 
-def read_rows(table: Path) -> list[dict]:
-    """The rows of a runs.csv; a missing table has none. A table that is not one is a one-line error."""
+NUMERIC = ("lr", "weight_decay", "epochs", "seed", "val_metric", "test_metric", "epochs_run", "time_to_target_s",
+           "epochs_to_target", "steps_to_target", "wall_s")  # columns that hold a number, or nothing  # fmt: skip
+
+
+def read_table(table: Path) -> tuple[list[dict], list[str]]:
+    """The well-formed rows of a runs.csv, and a line per malformed row (its line number and what is wrong:
+    too few or too many fields, a word where a number belongs); a missing table has none. A file that is no
+    runs table at all (empty, not UTF-8 CSV, no run_id or status column) is a one-line error naming it."""
     table = Path(table)
     if not table.exists():
-        return []
+        return [], []
     if not table.is_file():
         raise UsageError(f"{table} is not a file")
+    rows, problems = [], []
     try:
         with open(table, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
-            rows = list(reader)
             header = reader.fieldnames or []
+            for row in reader:
+                problem = row_problem(row, header)
+                rows += [] if problem else [row]
+                problems += [f"line {reader.line_num}: {problem}"] if problem else []
     except (UnicodeDecodeError, csv.Error) as err:
         raise UsageError(f"{table} is not a runs table (not UTF-8 CSV: {err})") from err
     missing = [column for column in ("run_id", "status") if column not in header]
-    if header and missing:
-        raise UsageError(f"{table} is not a runs table (no {missing[0]} column)")
+    if missing:
+        raise UsageError(
+            f"{table} is not a runs table ({'empty' if not header else f'no {missing[0]} column'})"
+        )
+    return rows, problems
+
+
+def row_problem(row: dict, header: list[str]) -> str | None:
+    if None in row or None in row.values():  # DictReader's marks of too many, or too few, fields
+        fields = len(header) + len(row.get(None, [])) - sum(v is None for v in row.values())
+        return f"{fields} fields where the header has {len(header)}"
+    for key in NUMERIC:
+        value = row.get(key, "").strip()
+        try:
+            float(value or 0)
+        except ValueError:
+            return f"{key} is {value!r}, not a number"
+    return None
+
+
+def read_rows(table: Path) -> list[dict]:
+    """The rows of a runs.csv; a missing table has none. Any malformed row is a one-line error naming the
+    file and the line: a table that adamrun goes on writing must be whole."""
+    rows, problems = read_table(table)
+    if problems:
+        more = f" (and {len(problems) - 1} more malformed rows)" if len(problems) > 1 else ""
+        raise UsageError(f"{table}, {problems[0]}{more}")
     return rows
 
 
-def runs_table(where: str | Path) -> list[dict]:
-    """The rows of a results folder's runs.csv, or of a runs.csv named directly; a wrong path is one line."""
+def runs_table(where: str | Path) -> tuple[Path, list[dict], list[str]]:
+    """The runs.csv of a results folder, or one named directly: its path, its well-formed rows and a line per
+    malformed row; a wrong path is one line."""
     path = Path(where).expanduser()
     if not path.exists():
         raise UsageError(f"{path} does not exist (give a results folder or a runs.csv)")
     table = path / "runs.csv" if path.is_dir() else path
     if not table.exists():
         raise UsageError(f"{path} holds no runs.csv: no run has recorded a row there")
-    return read_rows(table)
+    return table, *read_table(table)
 
 
 def run_row(

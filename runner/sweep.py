@@ -18,7 +18,6 @@ import copy
 import fcntl
 import hashlib
 import itertools
-import json
 import logging
 import os
 import sys
@@ -55,6 +54,7 @@ register_schemas()  # launcher workers compose their trial's config: they need t
 SWEEP_KEYS = ("sweep", "resume", "sweep_dir")  # the sweep's own arguments, not the trials'
 NOT_IDENTITY = ("sweep", "results_dir", "trainer.progress", "trainer.threads", "trainer.log_every")  # runtime
 # settings: the same trial whatever they are
+SAVED_SWEEP = {"name": str, "overrides": list}  # sweep.json (and tune.json): what a resume continues
 SWEEP_PID = "ADAMRUN_SWEEP_PID"  # the sweep's process, for its workers to leave with it
 MAX_DIRNAME = 120  # characters of a trial folder's name; longer override lists are shortened with a hash
 
@@ -306,7 +306,7 @@ def resumed_overrides(folder: Path, name: str, given: list[str]) -> list[str]:
     saved_file = folder / "sweep.json"
     if not saved_file.exists():
         raise UsageError(f"resume=true: there is no sweep to resume in {folder} (no sweep.json)")
-    saved = json.loads(saved_file.read_text())
+    saved = results.read_json(saved_file, SAVED_SWEEP)
     if saved["name"] != name:
         raise UsageError(f"{folder} holds sweep {saved['name']}, not {name}")
     kept = {key_of(o): o for o in saved["overrides"]}

@@ -12,7 +12,6 @@ processes, or machines sharing the folder, can work on one study: run the same c
 
 from __future__ import annotations
 
-import json
 import time
 import warnings
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from omegaconf import MISSING, DictConfig
 from runner import results, signals
 from runner.config import TrainConfig, check, compose, group_options, quote_target
 from runner.errors import UsageError
-from runner.sweep import differences, failed_row, key_of, trial_dirname, value_of
+from runner.sweep import SAVED_SWEEP, differences, failed_row, key_of, trial_dirname, value_of
 
 
 class Direction(StrEnum):
@@ -129,7 +128,9 @@ def plan(arguments: list[str]) -> Search:
     )
     if resume and not saved.exists():
         raise UsageError(f"resume=true: there is no search to resume in {folder} (no tune.json)")
-    if saved.exists() and (held := json.loads(saved.read_text())) != settings:  # the same search is joined
+    if (
+        saved.exists() and (held := results.read_json(saved, SAVED_SWEEP)) != settings
+    ):  # the same one is joined
         what = (f"search {held['name']}, not {name}" if held["name"] != name
                 else f"a search with other settings ({differences(held['overrides'], overrides)})")  # fmt: skip
         raise UsageError(f"{folder} holds {what}; give sweep_dir=<new folder>")
@@ -145,21 +146,31 @@ def study(search: Search):
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial gets our own line instead
-    settings = search.cfg.tune
-    storage = optuna.storages.RDBStorage(
-        f"sqlite:///{search.dir / 'study.db'}",
-        heartbeat_interval=settings.heartbeat_s,
-        grace_period=settings.grace_s,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
-    )
-    return optuna.create_study(
-        study_name=search.name,
-        storage=storage,
-        load_if_exists=True,
-        direction=str(settings.direction),
-        sampler=sampler(settings),
-        pruner=pruner(settings),
-    )
+    from sqlalchemy.exc import SQLAlchemyError
+
+    settings, database = search.cfg.tune, search.dir / "study.db"
+    if database.exists() and database.stat().st_size == 0:  # sqlite would take it for a new study
+        raise UsageError(f"{database} is empty, not the study of this search; give sweep_dir=<new folder>")
+    try:
+        storage = optuna.storages.RDBStorage(
+            f"sqlite:///{database}",
+            heartbeat_interval=settings.heartbeat_s,
+            grace_period=settings.grace_s,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3),
+        )
+        return optuna.create_study(
+            study_name=search.name,
+            storage=storage,
+            load_if_exists=True,
+            direction=str(settings.direction),
+            sampler=sampler(settings),
+            pruner=pruner(settings),
+        )
+    except SQLAlchemyError as err:  # truncated, or not a database at all
+        reason = str(getattr(err, "orig", None) or err).splitlines()[0]
+        raise UsageError(
+            f"{database} is not a readable study ({reason}); give sweep_dir=<new folder>"
+        ) from err
 
 
 def sampler(settings: DictConfig):

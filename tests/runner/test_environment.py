@@ -72,7 +72,7 @@ def data(tmp_path_factory) -> Path:
 def big_data(tmp_path_factory) -> Path:
     """Enough images for an epoch of a few seconds: a run can be stopped while it trains."""
     root = tmp_path_factory.mktemp("fmnist_big")
-    write_fashion_mnist(root, n_train=4096, n_test=64)
+    write_fashion_mnist(root, n_train=2048, n_test=64)
     return root
 
 
@@ -108,7 +108,7 @@ def test_a_read_only_results_folder_is_one_line_for_a_run_a_resume_and_a_report(
     with tmpfs(tmp_path / "ro", "8m") as disk:
         run_dir = disk / "results" / "runs" / "r"
         command = [sys.executable, "-m", "runner.cli", "train", *tiny(big_data, f"results_dir={disk / 'results'}",
-                   f"run_dir={run_dir}", "trainer.epochs=4")]  # fmt: skip
+                   f"run_dir={run_dir}", "trainer.epochs=3")]  # fmt: skip
         first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.time() + 120
         while not (run_dir / "checkpoint.pt").exists():  # an event, not a sleep: the first epoch is saved
