@@ -161,16 +161,21 @@ def check_new_run_dir(run_dir: Path) -> None:
         raise UsageError(f"run_dir {run_dir} is not empty and holds no run; give a new or empty folder")
 
 
+def read_json_file(path: Path) -> Any:
+    """A JSON file that adamrun wrote; empty, truncated or not JSON at all: one line naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        what = "empty" if not Path(path).stat().st_size else f"not JSON ({err})"
+        raise UsageError(f"{path} is corrupt: {what}") from err
+
+
 def read_json(
     path: Path, required: dict[str, type | tuple], optional: dict[str, type | tuple] | None = None
 ) -> dict:
     """A JSON object that adamrun wrote, checked before anything uses it: a file that is empty, truncated, not
     an object, without a required key, or with a value of the wrong type is one line naming it and the key."""
-    try:
-        value = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        what = "empty" if not Path(path).stat().st_size else f"not JSON ({err})"
-        raise UsageError(f"{path} is corrupt: {what}") from err
+    value = read_json_file(path)
     if not isinstance(value, dict):
         raise UsageError(f"{path} is corrupt: not a JSON object")
     for key, kind in required.items() | (optional or {}).items():
@@ -226,10 +231,13 @@ NUMERIC = ("lr", "weight_decay", "epochs", "seed", "val_metric", "test_metric", 
            "epochs_to_target", "steps_to_target", "wall_s")  # columns that hold a number, or nothing  # fmt: skip
 
 
-def read_table(table: Path) -> tuple[list[dict], list[str]]:
-    """The well-formed rows of a runs.csv, and a line per malformed row (its line number and what is wrong:
-    too few or too many fields, a word where a number belongs); a missing table has none. A file that is no
-    runs table at all (empty, not UTF-8 CSV, no run_id or status column) is a one-line error naming it."""
+def read_table(
+    table: Path, required: tuple[str, ...] = ("run_id", "status"), numeric: tuple[str, ...] = NUMERIC
+) -> tuple[list[dict], list[str]]:
+    """The well-formed rows of a table adamrun wrote (a runs.csv by default), and a line per malformed row (its
+    line number and what is wrong: too few or too many fields, a word in a `numeric` column); a missing table
+    has none. A file that is no such table at all (empty, not UTF-8 CSV, without a `required` column) is a
+    one-line error naming it."""
     table = Path(table)
     if not table.exists():
         return [], []
@@ -241,24 +249,23 @@ def read_table(table: Path) -> tuple[list[dict], list[str]]:
             reader = csv.DictReader(f)
             header = reader.fieldnames or []
             for row in reader:
-                problem = row_problem(row, header)
+                problem = row_problem(row, header, numeric)
                 rows += [] if problem else [row]
                 problems += [f"line {reader.line_num}: {problem}"] if problem else []
     except (UnicodeDecodeError, csv.Error) as err:
         raise UsageError(f"{table} is not a runs table (not UTF-8 CSV: {err})") from err
-    missing = [column for column in ("run_id", "status") if column not in header]
-    if missing:
-        raise UsageError(
-            f"{table} is not a runs table ({'empty' if not header else f'no {missing[0]} column'})"
-        )
+    missing = [column for column in required if column not in header]
+    if missing or not header:
+        what = "a runs table" if required == ("run_id", "status") else "a table of adamrun's"
+        raise UsageError(f"{table} is not {what} ({'empty' if not header else f'no {missing[0]} column'})")
     return rows, problems
 
 
-def row_problem(row: dict, header: list[str]) -> str | None:
+def row_problem(row: dict, header: list[str], numeric: tuple[str, ...]) -> str | None:
     if None in row or None in row.values():  # DictReader's marks of too many, or too few, fields
         fields = len(header) + len(row.get(None, [])) - sum(v is None for v in row.values())
         return f"{fields} fields where the header has {len(header)}"
-    for key in NUMERIC:
+    for key in numeric:
         value = row.get(key, "").strip()
         try:
             float(value or 0)
@@ -267,10 +274,11 @@ def row_problem(row: dict, header: list[str]) -> str | None:
     return None
 
 
-def read_rows(table: Path) -> list[dict]:
-    """The rows of a runs.csv; a missing table has none. Any malformed row is a one-line error naming the
-    file and the line: a table that adamrun goes on writing must be whole."""
-    rows, problems = read_table(table)
+def read_rows(table: Path, **shape) -> list[dict]:
+    """The rows of a runs.csv (or of another table, `shape` as read_table takes it); a missing table has none.
+    Any malformed row is a one-line error naming the file and the line: a table that adamrun goes on writing,
+    or judges, must be whole."""
+    rows, problems = read_table(table, **shape)
     if problems:
         more = f" (and {len(problems) - 1} more malformed rows)" if len(problems) > 1 else ""
         raise UsageError(f"{table}, {problems[0]}{more}")

@@ -18,35 +18,34 @@ from studies import kinds
 from studies.section import Section, study_trials
 from studies.stats import UNTESTED
 
+RUN_NUMBERS = ("lr", "weight_decay", "epochs", "val_metric", "test_metric", "epochs_to_target", "time_to_target_s",
+               "wall_s")  # the numbers of <study>_runs.csv  # fmt: skip
+CURVE_NUMBERS = ("epoch", "val_metric", "train_loss")  # ... and of <study>_curves.csv
+
 
 def read_settings(path: Path) -> dict:
-    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    return {k: json.loads(v) for k, v in zip(frame["key"], frame["value"], strict=True)}
+    rows = results.read_rows(path, required=("key", "value"), numeric=())
+    try:
+        return {row["key"]: json.loads(row["value"]) for row in rows}
+    except json.JSONDecodeError as err:
+        raise UsageError(f"{path} is corrupt: a value is not JSON ({err})") from err
+
+
+def read_study_table(path: Path, numeric: tuple[str, ...], **types) -> pd.DataFrame:
+    """One of a study's CSVs, checked row by row (field counts, numbers: one line naming the file and line),
+    then parsed as the report has always parsed it."""
+    if not path.is_file():
+        raise UsageError(f"{path} is missing: run the study again (adamrun reproduce study=...)")
+    results.read_rows(path, required=(), numeric=numeric)
+    frame = pd.read_csv(path, dtype=types, keep_default_na=False)
+    for column in numeric:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    return frame
 
 
 def load_study_tables(out_dir: Path, name: str) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    runs = pd.read_csv(
-        out_dir / f"{name}_runs.csv", dtype={"seed": str, "variant": str}, keep_default_na=False
-    )
-    curves = pd.read_csv(out_dir / f"{name}_curves.csv", dtype={"variant": str}, keep_default_na=False)
-    for frame, columns in (
-        (
-            runs,
-            (
-                "lr",
-                "weight_decay",
-                "epochs",
-                "val_metric",
-                "test_metric",
-                "epochs_to_target",
-                "time_to_target_s",
-                "wall_s",
-            ),
-        ),
-        (curves, ("epoch", "val_metric", "train_loss")),
-    ):
-        for column in columns:
-            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+    runs = read_study_table(out_dir / f"{name}_runs.csv", RUN_NUMBERS, seed=str, variant=str)
+    curves = read_study_table(out_dir / f"{name}_curves.csv", CURVE_NUMBERS, variant=str)
     return runs, curves, read_settings(out_dir / f"{name}_settings.csv")
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from runner.errors import UsageError
 from runner.results import replaced_atomically
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -69,6 +70,19 @@ def quantize_torch(model: torch.nn.Module) -> torch.nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the deprecation notices of torch.ao and quantized tensors
         return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def check_onnx(path: Path) -> None:
+    """A saved ONNX model, readable and well-formed, or one line naming it (a copy cut short, another file)."""
+    import onnx
+
+    if not path.is_file():
+        raise UsageError(f"{path} is missing: run the quantize stage again (stage=quantize)")
+    try:
+        onnx.checker.check_model(onnx.load(str(path), load_external_data=False))
+    except Exception as err:  # noqa: BLE001 - protobuf's decode errors, onnx's checker: any means unreadable
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UsageError(f"{path} is not a readable ONNX model ({reason})") from err
 
 
 def session(path: Path, threads: int) -> Any:

@@ -14,7 +14,6 @@ rewrites the report from the new timings).
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from runner import checkpoint, signals
 from runner.config import check
 from runner.errors import UsageError
-from runner.results import write_json, write_text
+from runner.results import read_json_file, write_json, write_text
 
 STAGES = ("finetune", "prune", "quantize", "bench", "report")
 DONE = "metrics.json"  # written last by a training stage: its presence means the stage finished
@@ -174,19 +173,23 @@ def quantize(run: Run, forced: bool) -> None:
         for variant in bar.track(variants(run.cfg), description="export, quantize, test accuracy"):
             folder = model_dir(run, variant)
             require(folder / DONE, "quantize")
-            trained = engines.row_scores(json.loads((folder / DONE).read_text()))  # what finish() measured
+            trained = engines.row_scores(read_json_file(folder / DONE))  # what finish() measured
             rows += engines.build_variant(run, variant, folder, encoded["test"], trained)
     write_json(out, rows)
 
 
 def bench(run: Run, forced: bool) -> None:
     from runner.sparsify import bench as benchmark
+    from runner.sparsify import export
 
     out = run.stage("bench")
     if (out / "timings.json").exists() and not forced:
         return
     require(run.stage("quantize") / "variants.json", "bench")
-    rows = json.loads((run.stage("quantize") / "variants.json").read_text())
+    rows = read_json_file(run.stage("quantize") / "variants.json")
+    for row in rows:  # every saved model is checked before the first is timed
+        if row.get("path"):
+            export.check_onnx(Path(row["path"]))
     benchmark.run_all(run.cfg, rows, out)
 
 

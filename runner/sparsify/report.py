@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import csv
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from runner import render
-from runner.results import replaced_atomically, write_text
+from runner.results import read_json_file, replaced_atomically, write_text
 
 COLUMNS = [
     "variant", "sparsity", "structured", "layers", "precision", "engine", "accuracy", "accuracy_drop", "params",
@@ -24,7 +23,7 @@ COMMANDS = "commands.txt"  # every command run on this directory, appended by th
 
 
 def load(run_dir: Path, name: str) -> Any:
-    return json.loads((run_dir / "stages" / name).read_text())
+    return read_json_file(run_dir / "stages" / name)
 
 
 def is_baseline(r: dict) -> bool:

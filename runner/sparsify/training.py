@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from runner.recipe import Metric, Task
-from runner.results import replaced_atomically, write_json, write_text
+from runner.results import read_json_file, replaced_atomically, write_json, write_text
 from runner.sparsify import pruning, task
 from runner.sparsify.distill import distillation_loss
 from runner.sparsify.export import INPUTS
@@ -127,7 +126,7 @@ def load_saved(folder: Path) -> torch.nn.Module:
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_config(AutoConfig.from_pretrained(folder))
-    pruning.reshape_to(model, json.loads((folder / "structure.json").read_text()))
+    pruning.reshape_to(model, read_json_file(folder / "structure.json"))
     model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
     return model.eval()
 

@@ -92,3 +92,26 @@ def test_torch_dynamic_int8_is_close_to_fp32():
         quantized = export.quantize_torch(model)(**inputs).logits
     assert math.isfinite(quantized.abs().max().item())
     assert (quantized - reference).abs().max().item() < INT8_TOLERANCE
+
+
+@pytest.mark.parametrize("fault", ["good", "empty", "truncated", "not a model", "missing"])
+def test_a_saved_onnx_model_is_checked_before_it_is_timed(exported, tmp_path, fault):
+    """The bench stage re-times saved models: each is read back and checked first; a spoilt one is one line."""
+    from runner.errors import UsageError
+
+    _, fp32, _ = exported
+    path = tmp_path / "model.onnx"
+    data = fp32.read_bytes()
+    spoilt = {
+        "good": data,
+        "empty": b"",
+        "truncated": data[: len(data) // 2],
+        "not a model": b"epoch,step\n1,2\n",
+    }
+    if fault != "missing":
+        path.write_bytes(spoilt[fault])
+    if fault == "good":
+        export.check_onnx(path)
+        return
+    with pytest.raises(UsageError, match=str(path)):
+        export.check_onnx(path)
