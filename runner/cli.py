@@ -283,9 +283,9 @@ def show_report(folder, group_by: str = "optimizer") -> None:
     for name, why in written.skipped.items():
         console.print(f"{name}.png not drawn: {why}", markup=False)
     if written.malformed:
-        table = written.folder / "runs.csv"
-        console.print(f"skipped {len(written.malformed)} malformed row{'s' if len(written.malformed) > 1 else ''} "
-                      f"of {table}: {'; '.join(written.malformed)}", markup=False)  # fmt: skip
+        entries = "entry" if len(written.malformed) == 1 else "entries"
+        console.print(f"skipped {len(written.malformed)} malformed {entries}: {'; '.join(written.malformed)}",
+                      markup=False)  # fmt: skip
     console.print(f"wrote {written.path('report')}", markup=False)
 
 

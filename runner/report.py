@@ -89,7 +89,7 @@ class Report:
     # the runs without results (run_id, status, missing: why), e.g. failed, or no metrics.jsonl
     missing: pd.DataFrame = field(default_factory=pd.DataFrame)
     setting: list[str] = field(default_factory=list)  # the columns that define a setting
-    malformed: list[str] = field(default_factory=list)  # runs.csv rows left out, "line N: what is wrong"
+    malformed: list[str] = field(default_factory=list)  # rows of runs.csv, lines of metrics.jsonl left out
 
     @property
     def swept(self) -> list[str]:
@@ -119,10 +119,8 @@ def load_runs(where: str | Path) -> tuple[Path, pd.DataFrame, list[str]]:
     failed run left them empty), status and metric as strings; and the malformed rows it left out, each named
     by its line (a summary skips them rather than print shifted columns)."""
     path = Path(where).expanduser()
-    table, rows, malformed = runs_table(
-        path
-    )  # a wrong path or a table that is not one: a one-line UsageError
-    folder = table.parent
+    table, rows, problems = runs_table(path)  # a wrong path, or a table that is not one: one line
+    folder, malformed = table.parent, [f"{table}, {problem}" for problem in problems]
     extra = sorted({key for row in rows for key in row} - set(RUN_COLUMNS))
     runs = pd.DataFrame(rows, columns=[*RUN_COLUMNS, *extra], dtype=object).fillna("")
     runs = runs.map(lambda v: str(v).strip())
@@ -183,16 +181,30 @@ def run_folder(folder: Path, run: pd.Series) -> Path | None:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    """metrics.jsonl's rows; a line that is not a JSON object is skipped."""
-    rows = []
-    for line in (run_dir / "metrics.jsonl").read_text(errors="replace").splitlines():
+    """metrics.jsonl's rows; a line that is not a JSON object is skipped (metric_problems names it)."""
+    return parse_metrics(run_dir)[0]
+
+
+def metric_problems(run_dir: Path) -> list[str]:
+    """The lines of a run's metrics.jsonl that are left out: not a JSON object, or a word for a number."""
+    return [f"{run_dir / 'metrics.jsonl'}, {problem}" for problem in parse_metrics(run_dir)[1]]
+
+
+def parse_metrics(run_dir: Path) -> tuple[list[dict], list[str]]:
+    rows, problems = [], []
+    for number, line in enumerate((run_dir / "metrics.jsonl").read_text(errors="replace").splitlines(), 1):
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
+            row = None
+        words = [k for k, v in row.items() if isinstance(v, str)] if isinstance(row, dict) else []
+        if not isinstance(row, dict) or words:
+            problems.append(
+                f"line {number}: {f'{words[0]} is not a number' if words else 'not a JSON object'}"
+            )
+        else:
             rows.append(row)
-    return rows
+    return rows, problems
 
 
 # ------------------------------------------------------------------------------------------ the tables
@@ -788,6 +800,12 @@ def write_report(folder: str | Path, group_by: str = "optimizer") -> Report:
     """summary.csv/.md, best.csv/.md, the plots and report.md in `folder` (a results folder or sweep folder
     with runs.csv; a runs.csv path works too). A plot without data is skipped, and Report.skipped says why."""
     folder, runs, malformed = load_runs(folder)
+    malformed += [
+        line
+        for _, run in runs.iterrows()
+        if (where := run_folder(folder, run))
+        for line in metric_problems(where)
+    ]
     setting = setting_columns(runs.columns)
     if group_by not in runs.columns:
         raise UsageError(f"cannot group by {group_by!r}: runs.csv has no such column (columns: "
@@ -863,7 +881,7 @@ def report_md(report: Report) -> str:
             text += [f"![{title}]({FILES[name]})", ""]
     text += ["## Every setting ([summary.csv](summary.csv))", "", tables_md(report, "summary"), ""]
     if report.malformed:
-        text += [f"## Malformed rows of runs.csv, left out ({len(report.malformed)})", "",
+        text += [f"## Malformed entries, left out ({len(report.malformed)})", "",
                  *(f"- {line}" for line in report.malformed), ""]  # fmt: skip
     text += ["## Runs without results", ""]
     if report.missing.empty:

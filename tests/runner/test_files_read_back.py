@@ -131,7 +131,7 @@ def test_report_leaves_a_malformed_row_out_names_it_and_counts_it(
         assert_one_line(err, "runs.csv is not a runs table (empty)")
         return
     assert code == 0, err
-    assert "skipped 1 malformed row of" in out and "runs.csv: line 3" in out
+    assert "skipped 1 malformed entry:" in out and "runs.csv, line 3:" in out
     with open(tmp_path / "results" / "summary.csv") as f:
         [summary] = list(csv.DictReader(f))  # one setting: the good run's, no shifted row beside it
     [good] = results.read_rows(finished / "runs.csv")
@@ -186,3 +186,45 @@ def test_a_spoilt_search_file_stops_the_search_with_one_line(monkeypatch, capsys
     assert code == 2, err
     assert_one_line(err, name)
     assert snapshot(folder) == before
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_report_leaves_a_malformed_metrics_line_out_and_names_it(
+    monkeypatch, capsys, tmp_path, finished, fault
+):
+    shutil.copytree(finished, tmp_path / "results")
+    table = tmp_path / "results" / "runs.csv"
+    table.write_text(table.read_text().replace(str(finished), str(tmp_path / "results")))  # the copy's run
+    metrics = tmp_path / "results" / "run" / "metrics.jsonl"
+    line = metrics.read_text().splitlines()[0]
+    row = json.loads(line)
+    spoilt = {"empty": "{}x", "truncated": line[: len(line) // 2],
+              "wrong field count": "[1, 2]", "non-numeric": json.dumps(row | {"train_loss": "low"})}[fault]  # fmt: skip
+    metrics.write_text(metrics.read_text() + spoilt + "\n")
+    code, out, err = adamrun(monkeypatch, capsys, "report", str(tmp_path / "results"))
+    assert code == 0, err
+    assert "skipped 1 malformed entry:" in out and f"{metrics}, line 2:" in out.replace("\n", "")
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_spoilt_study_table_stops_the_report_with_one_line(monkeypatch, capsys, tmp_path, fault):
+    """The reproduction report is drawn from the studies' CSVs alone: a spoilt one is named, nothing redrawn."""
+    out_dir = tmp_path / "reproduction"
+    shutil.copytree(Path(__file__).parents[2] / "results" / "reproduction", out_dir)
+    table = out_dir / "amsgrad_runs.csv"
+    lines = table.read_text().splitlines(keepends=True)
+    header = lines[0].rstrip("\n").split(",")
+    if fault == "empty":
+        table.write_text("")
+    elif fault == "truncated":
+        table.write_text("".join(lines[:2]) + lines[2][: len(lines[2]) // 2] + "\n")
+    elif fault == "wrong field count":
+        table.write_text("".join(lines[:2]) + ",".join(lines[2].split(",")[:3]) + "\n" + "".join(lines[3:]))
+    else:
+        values = dict(zip(header, next(csv.reader([lines[2]])), strict=True)) | {"test_metric": "high"}
+        table.write_text("".join(lines[:2]) + ",".join(values[h] for h in header) + "\n" + "".join(lines[3:]))
+    before = snapshot(out_dir)
+    code, _, err = adamrun(monkeypatch, capsys, "reproduce", "--report-only", f"out_dir={out_dir}")
+    assert code == 2, err
+    assert_one_line(err, str(table), *([] if fault == "empty" else ["line 3"]))
+    assert snapshot(out_dir) == before
