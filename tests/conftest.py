@@ -88,6 +88,15 @@ def tiny_overrides(tmp_path: Path, fmnist_root: Path) -> list[str]:
     ]
 
 
+def tiny(root: Path, results_dir: Path, *extra: str) -> list[str]:
+    """The overrides of a tiny run of the CIFAR-10 recipe on Fashion-MNIST files in `root`, for the command line."""
+    return [
+        "data=fashion_mnist", f"data.root={root}", f"results_dir={results_dir}", "recipe.widths=[8,8,16,16]",
+        "trainer.batch_size=32", "trainer.eval_batch_size=64", "trainer.progress=false", "trainer.log_every=2",
+        "trainer.threads=1", "trainer.epochs=2", *extra,
+    ]  # fmt: skip
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path: Path, fmnist_root: Path):
     def make(*extra: str):

@@ -187,8 +187,8 @@ def bench(run: Run, forced: bool) -> None:
         return
     require(run.stage("quantize") / "variants.json", "bench")
     rows = read_json_file(run.stage("quantize") / "variants.json")
-    for row in rows:  # every saved model is checked before the first is timed
-        if row.get("path"):
+    for row in rows:  # every saved ONNX model is checked before the first is timed
+        if str(row.get("path", "")).endswith(".onnx"):
             export.check_onnx(Path(row["path"]))
     benchmark.run_all(run.cfg, rows, out)
 

@@ -20,15 +20,15 @@ import yaml
 
 from runner import results
 from runner.results import replaced_atomically
-from tests.conftest import REPO, adamrun, assert_one_line, assert_same_run, write_cifar10, write_fashion_mnist
-
-
-def tiny(root: Path, results_dir: Path, *extra: str) -> list[str]:
-    return [
-        "data=fashion_mnist", f"data.root={root}", f"results_dir={results_dir}", "recipe.widths=[8,8,16,16]",
-        "trainer.batch_size=32", "trainer.eval_batch_size=64", "trainer.progress=false", "trainer.log_every=2",
-        "trainer.threads=1", "trainer.epochs=2", *extra,
-    ]  # fmt: skip
+from tests.conftest import (
+    REPO,
+    adamrun,
+    assert_one_line,
+    assert_same_run,
+    tiny,
+    write_cifar10,
+    write_fashion_mnist,
+)
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
