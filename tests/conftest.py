@@ -57,6 +57,21 @@ def fmnist_root(tmp_path: Path) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def fmnist(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("fmnist")
+    write_fashion_mnist(root, n_train=192, n_test=64)
+    return root
+
+
+@pytest.fixture(scope="module")
+def slow_fmnist(tmp_path_factory) -> Path:
+    """Enough images that an epoch lasts about a second: signals arrive mid-epoch."""
+    root = tmp_path_factory.mktemp("fmnist_big")
+    write_fashion_mnist(root, n_train=3072, n_test=256)
+    return root
+
+
 def write_cifar10(folder: Path, per_batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """cifar-10-batches-py as the python tarball ships it: pickled dicts with 'data' N x 3072 and 'labels'."""
     rng = np.random.default_rng(seed)

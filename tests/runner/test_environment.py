@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from runner import results
-from tests.conftest import REPO, assert_one_line, assert_same_run, tiny, write_fashion_mnist
+from tests.conftest import REPO, assert_one_line, assert_same_run, tiny
 
 ENVIRONMENT_FAULT = 74
 pytestmark = pytest.mark.skipif(
@@ -54,28 +54,13 @@ def adamrun(*arguments: str) -> subprocess.CompletedProcess:
                           text=True, timeout=300)  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("fmnist")
-    write_fashion_mnist(root, n_train=192, n_test=64)
-    return root
-
-
-@pytest.fixture(scope="module")
-def big_data(tmp_path_factory) -> Path:
-    """Enough images for an epoch of a few seconds: a run can be stopped while it trains."""
-    root = tmp_path_factory.mktemp("fmnist_big")
-    write_fashion_mnist(root, n_train=2048, n_test=64)
-    return root
-
-
-def test_a_full_disk_at_the_checkpoint_is_one_line_and_resume_ends_bitwise(tmp_path, data):
-    straight = adamrun("train", *tiny(data, tmp_path / "elsewhere", f"run_dir={tmp_path / 'straight'}"))
+def test_a_full_disk_at_the_checkpoint_is_one_line_and_resume_ends_bitwise(tmp_path, fmnist):
+    straight = adamrun("train", *tiny(fmnist, tmp_path / "elsewhere", f"run_dir={tmp_path / 'straight'}"))
     assert straight.returncode == 0, straight.stderr
     with tmpfs(tmp_path / "small", "1m") as disk:
         run_dir = disk / "results" / "runs" / "r"
         filler = fill(disk, leave=48 * 1024)  # the config and the row fit; a checkpoint (150 KB) does not
-        done = adamrun("train", *tiny(data, disk / "results", f"run_dir={run_dir}"))
+        done = adamrun("train", *tiny(fmnist, disk / "results", f"run_dir={run_dir}"))
         assert done.returncode == ENVIRONMENT_FAULT, done.stdout + done.stderr
         assert_one_line(done.stderr, f"{run_dir / 'checkpoint.pt'}: No space left on device")
         assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml", "run.json"]  # no temporary left
@@ -95,10 +80,12 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_a_read_only_results_folder_is_one_line_for_a_run_a_resume_and_a_report(tmp_path, data, big_data):
+def test_a_read_only_results_folder_is_one_line_for_a_run_a_resume_and_a_report(
+    tmp_path, fmnist, slow_fmnist
+):
     with tmpfs(tmp_path / "ro", "8m") as disk:
         run_dir = disk / "results" / "runs" / "r"
-        command = [sys.executable, "-m", "runner.cli", "train", *tiny(big_data, disk / 'results',
+        command = [sys.executable, "-m", "runner.cli", "train", *tiny(slow_fmnist, disk / 'results',
                    f"run_dir={run_dir}", "trainer.epochs=3")]  # fmt: skip
         first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.time() + 120
@@ -110,7 +97,7 @@ def test_a_read_only_results_folder_is_one_line_for_a_run_a_resume_and_a_report(
         assert results.read_run(run_dir)["status"] == "interrupted"
         remount(disk, "ro")
         before = snapshot(disk)
-        fresh = adamrun("train", *tiny(data, disk / "results"))
+        fresh = adamrun("train", *tiny(fmnist, disk / "results"))
         assert fresh.returncode == ENVIRONMENT_FAULT
         assert_one_line(fresh.stderr, str(disk / "results" / "runs"), "Read-only file system")
         resumed = adamrun("train", "resume=true", f"run_dir={run_dir}")

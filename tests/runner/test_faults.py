@@ -37,21 +37,6 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def fmnist(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("fmnist")
-    write_fashion_mnist(root, n_train=192, n_test=64)
-    return root
-
-
-@pytest.fixture(scope="module")
-def slow_fmnist(tmp_path_factory) -> Path:
-    """Enough images that an epoch lasts about a second: signals arrive mid-epoch."""
-    root = tmp_path_factory.mktemp("fmnist_big")
-    write_fashion_mnist(root, n_train=3072, n_test=256)
-    return root
-
-
-@pytest.fixture(scope="module")
 def finished(tmp_path_factory, fmnist) -> Path:
     """A finished 2-epoch run: its folder, under its results folder."""
     base = tmp_path_factory.mktemp("finished")
