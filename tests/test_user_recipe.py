@@ -1,6 +1,6 @@
 """A user's own recipe, in the user's own package outside this repo (the example in docs/examples/my_pkg, as
-docs/recipes.md shows it), trains, sweeps on the joblib launcher (its worker processes import it), tunes and
-lr-finds through the real command line, with no change to adamrun."""
+docs/recipes.md shows it), trains, sweeps on the joblib launcher (its worker processes import it), tunes,
+lr-finds and is studied by reproduce through the real command line, with no change to adamrun."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from runner import results
 from tests.conftest import REPO
 
 RECIPE = "my_pkg.tabular"
@@ -90,3 +91,21 @@ def test_a_user_recipe_that_cannot_be_found_is_one_line(user, recipe, says):
     done = adamrun(user, "train", f"recipe={recipe}")
     assert done.returncode == 2 and done.stderr.startswith("error: ") and says in done.stderr, done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_reproduce_studies_the_users_recipe(user):
+    """A study on the user's recipe (data.path goes to every trial): its shared base names the recipe (the
+    built-in base names cifar10's keys), shrunk here to a 2-lr grid per arm and 3 seeds; the report's verdict
+    row names the recipe."""
+    base = "[recipe=my_pkg.tabular,data.val_size=200,data.train_limit=null,trainer.epochs=2,optimizer.decay_mode=torch]"
+    grids = [f"shared.arms.{arm}.{key}={values}" for arm in ("adamw", "amsgrad")
+             for key, values in (("lr", "[1e-3,1e-2]"), ("weight_decay", "[1e-4]"))]  # fmt: skip
+    done = adamrun(user, "reproduce", "study=amsgrad", f"shared.bases.cnn.trials={base}", "shared.bases.cnn.select=[]",
+                   "shared.bases.cnn.confirm=[trainer.eval_every=0.5]", "shared.seeds=[1,2,3]", *grids,
+                   f"out_dir={user / 'reproduction'}", f"work_dir={user / 'reproduction_runs'}")  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    verdicts = [line for line in (user / "reproduction" / "report.md").read_text().splitlines()
+                if line.startswith("| amsgrad:")]  # fmt: skip
+    assert len(verdicts) == 1 and "recipe=my_pkg.tabular" in verdicts[0]
+    runs = results.read_rows(next((user / "reproduction_runs").rglob("runs.csv")))
+    assert {r["recipe"] for r in runs} == {RECIPE}
