@@ -71,12 +71,17 @@ if not OmegaConf.has_resolver("trial_dir"):
     OmegaConf.register_new_resolver("trial_dir", trial_dirname)
 
 
+def leave_with_the_sweep() -> None:
+    """In a launcher's worker (a trial's process, or one warmed up for trials): exit once the sweep is gone."""
+    signals.leave_with(int(os.environ.get(SWEEP_PID, os.getpid())))
+
+
 # ------------------------------------------------------------------------------------------ one trial
 def trial(cfg: DictConfig) -> dict:
     """Hydra's task function: one trial, a normal run. Ended trials are skipped; it never raises but for a
     stop signal (which ends the sweep, as Ctrl-C does)."""
     skip_final_collections()  # in a launcher's worker too
-    signals.leave_with(int(os.environ.get(SWEEP_PID, os.getpid())))
+    leave_with_the_sweep()
     hydra = HydraConfig.get()
     run_dir = Path(hydra.runtime.output_dir)
     overrides = [o for o in hydra.overrides.task if key_of(o) not in SWEEP_KEYS]
@@ -238,7 +243,7 @@ def warm_workers(settings: dict, recipe: str, trials: int) -> set[int]:
 def warm_up(recipe: str) -> int:
     """What a worker imports before its first trial. It never raises: a failed task would make joblib kill
     the executor's workers, trials included; the trials meet the same error and record it."""
-    signals.leave_with(int(os.environ.get(SWEEP_PID, os.getpid())))
+    leave_with_the_sweep()
     try:
         recipe_module(recipe)  # torch
         import_frozen("torch._dynamo")  # torch.optim's, when it builds its first optimizer
@@ -463,14 +468,13 @@ def run(sweep: Sweep, echo=print) -> Sweep:
         sys.argv = saved_argv
         os.environ.pop(SWEEP_PID, None)
     sweep.statuses = watcher.statuses()
-    refuse_common_failure(sweep)
+    refuse_common_failure(sweep, watcher.rows())
     return sweep
 
 
-def refuse_common_failure(sweep: Sweep) -> None:
+def refuse_common_failure(sweep: Sweep, rows: list[dict]) -> None:
     """Every trial failed with the same error: a mistake they share (a path, a size that no trial's data
     has), not one that depends on a trial's values; one line and exit 2 rather than a table of failures."""
-    rows = results.read_rows(sweep.dir / "runs.csv")
     errors = {row.get("error", "") for row in rows}
     if rows and len(rows) == sweep.trials and all(r["status"] == "failed" for r in rows) and len(errors) == 1:
         raise UsageError(f"every trial of the sweep failed with: {errors.pop()}")
