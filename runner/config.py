@@ -8,6 +8,7 @@ tests and users' own scripts all call it.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib.util
 import math
@@ -239,6 +240,17 @@ class Target:
                 "<": value < self.value}[self.op]  # fmt: skip
 
 
+def settled(cfg: DictConfig, values: dict[str, Any]) -> DictConfig:
+    """cfg with the settings a recipe measured on this machine (Task.settled) in place of the open ones."""
+    if not values:
+        return cfg
+    cfg = copy.deepcopy(cfg)
+    for key, value in values.items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    cfg.measured = dict(values)
+    return cfg
+
+
 def parse_target(text: str) -> Target:
     match = TARGET.match(text)
     number = match and re.fullmatch(r"[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?", match.group(3), re.IGNORECASE)
@@ -262,10 +274,15 @@ class TrainerConfig:
     threads: int | None = MISSING
     log_every: int = MISSING
     progress: bool = MISSING
-    eval_every: float = MISSING  # epochs between evaluations: 1 each epoch end, 0.25 four times per epoch
+    eval_every: float = MISSING  # epochs between evaluations: 1 each epoch end, 0.25 four times per epoch, 3
+    # every third epoch (the last one always evaluates)
     target: str | None = MISSING  # e.g. val_acc>=0.93: record the time, epochs and steps to reach it
     stop_at_target: bool = MISSING  # end the run once the target holds
     divergence: float | None = MISSING  # diverged above this multiple of the first logged training loss
+    ema: float | None = (
+        MISSING  # decay per step of an exponential moving average of the weights (and BatchNorm
+    )
+    # statistics) that evaluation uses; null: evaluate the weights as trained
 
     def __post_init__(self) -> None:
         check(self.epochs > 0, "trainer.epochs", "must be > 0", self.epochs)
@@ -283,11 +300,14 @@ class TrainerConfig:
             check(self.threads > 0, "trainer.threads", "must be > 0 or null", self.threads)
         check(self.log_every > 0, "trainer.log_every", "must be > 0", self.log_every)
         check(
-            0 < self.eval_every <= 1 and (1 / self.eval_every).is_integer(),
+            (0 < self.eval_every <= 1 and (1 / self.eval_every).is_integer())
+            or (self.eval_every > 1 and float(self.eval_every).is_integer()),
             "trainer.eval_every",
-            "must be 1 or 1/n of an epoch (0.5, 0.25, ...)",
+            "must be 1/n of an epoch (0.5, 0.25, ...) or a whole number of epochs",
             self.eval_every,
         )
+        if self.ema is not None:
+            check(0 < self.ema < 1, "trainer.ema", "must be in (0, 1) or null", self.ema)
         if self.divergence is not None:
             check(self.divergence > 1, "trainer.divergence", "must be > 1 or null", self.divergence)
         if self.target is not None:
@@ -322,6 +342,10 @@ class TrainConfig:
     tune: Any = None  # a search's settings (adamrun tune: conf/tune/, checked by runner/tune.py's schema)
     choices: Any = None  # which option of each group was composed (filled by compose)
     overrides: list[str] = field(default_factory=list)  # the command line's overrides (filled by compose)
+    measured: dict[str, Any] = field(
+        default_factory=dict
+    )  # what the recipe measured on this machine where the
+    # config left a setting open (filled by `settled`): an override of the open value resumes under it
 
 
 def register_schemas() -> None:

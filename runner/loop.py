@@ -106,9 +106,16 @@ def phase_spans(task: Task, epochs: int) -> Iterator[tuple[int, Phase, int]]:
 
 
 def evaluation_points(steps_per_epoch: int, every: float) -> set[int]:
-    """Batch counts within an epoch after which to evaluate mid-epoch (the epoch end always evaluates)."""
+    """Batch counts within an epoch after which to evaluate mid-epoch (epoch ends: `evaluates`)."""
     n = round(1 / every)
     return {round(k * steps_per_epoch / n) for k in range(1, n)} - {0, steps_per_epoch}
+
+
+def evaluates(epochs_done: int, cfg: DictConfig) -> bool:
+    """Whether the end of this epoch evaluates: every eval_every-th epoch (every epoch when eval_every <= 1),
+    and always the run's last."""
+    every = max(1, round(cfg.trainer.eval_every))
+    return epochs_done % every == 0 or epochs_done == cfg.trainer.epochs
 
 
 def max_lr(optimizer: torch.optim.Optimizer) -> float:
@@ -116,12 +123,17 @@ def max_lr(optimizer: torch.optim.Optimizer) -> float:
     return max(group["lr"] for group in optimizer.param_groups)
 
 
-def evaluate(task: Task, optimizer, cfg: DictConfig, device: torch.device, splits: list[str]) -> dict:
+def evaluate(
+    task: Task, optimizer, cfg: DictConfig, device: torch.device, splits: list[str], averaged=None
+) -> dict:
+    """The recipe's metrics on `splits`, of the moving average of the weights when trainer.ema keeps one."""
+    model = task.model if averaged is None else averaged.module
     task.model.eval()
+    model.eval()
     metrics: dict[str, float] = {}
     with torch.no_grad(), autocast(cfg, device), optim.evaluation_weights(optimizer):
         for split in splits:
-            metrics |= task.evaluate(task.model, split)
+            metrics |= task.evaluate(model, split)
     return metrics
 
 
@@ -156,6 +168,9 @@ def fit(
     if saved:
         model.load_state_dict(saved["model"])
         checkpoint.restore_rng_states(saved["rng"])
+    averaged = optim.weight_average(model, cfg.trainer.ema)
+    if averaged is not None and saved:
+        averaged.load_state_dict(saved["ema"])
     segment_start, wall_before = time.perf_counter(), max(headway.wall_s, prior_wall_s)
     target = parse_target(cfg.trainer.target) if cfg.trainer.target else None
     mid_epoch = evaluation_points(task.steps_per_epoch, cfg.trainer.eval_every)
@@ -164,7 +179,7 @@ def fit(
     def evaluation(position: float, tally: Tally, optimizer) -> tuple[dict, str]:
         """Evaluate, log the row, check the target and the stop rules: (row, status to stop with or '')."""
         train_s, evaluated = tally.training_seconds(), time.perf_counter()
-        metrics = evaluate(task, optimizer, cfg, device, [task.splits[0]])  # val, or test without a val split
+        metrics = evaluate(task, optimizer, cfg, device, [task.splits[0]], averaged)  # val, or test w/o val
         row = {"epoch": round(position, 6), "step": headway.step, "train_loss": tally.train_loss(), **metrics,
                "lr": max_lr(optimizer)}  # fmt: skip
         finite = all(math.isfinite(v) for v in row.values())
@@ -182,7 +197,7 @@ def fit(
             status = "pruned"
         at_end = status == "finished" or (not status and position == cfg.trainer.epochs)
         if at_end and "test" in task.splits and "test" not in row:
-            row |= evaluate(task, optimizer, cfg, device, ["test"])  # read once per run, at its end
+            row |= evaluate(task, optimizer, cfg, device, ["test"], averaged)  # read once per run, at its end
         eval_s = time.perf_counter() - evaluated
         tally.evaluating += eval_s
         row |= {"train_s": train_s, "eval_s": eval_s, f"{task.unit}_per_s": tally.counted / train_s}
@@ -196,7 +211,7 @@ def fit(
     def save(optimizer, phase: int) -> None:
         headway.wall_s = wall_before + time.perf_counter() - segment_start
         with signals.deferred():  # the checkpoint and its metrics, as one
-            checkpoint.save(run_dir, checkpoint_state(model, optimizer, phase, headway, cfg))
+            checkpoint.save(run_dir, checkpoint_state(model, optimizer, phase, headway, cfg, averaged))
             results.write_metrics(run_dir, headway.history)
 
     def outcome(status: str) -> Outcome:
@@ -225,6 +240,8 @@ def fit(
                     for batch in epoch_batches(task, cfg, epoch):
                         schedule.apply(optimizer, headway.step - headway.phase_start, task.lr_scale(batch))
                         loss, state = train_step(task, optimizer, batch, state, cfg, headway.step)
+                        if averaged is not None:
+                            averaged.update_parameters(model)
                         headway.step += 1
                         tally.add(loss, task.count(batch))
                         if headway.first_loss is None:  # one synchronization a run
@@ -242,15 +259,18 @@ def fit(
                             if status:
                                 return stop(status, optimizer, index)
                             train_mode(model, phase)
-                    row, status = evaluation(epoch + 1, tally, optimizer)
+                    row, status = (
+                        evaluation(epoch + 1, tally, optimizer) if evaluates(epoch + 1, cfg) else (None, "")
+                    )
                     headway.epoch, headway.seconds = epoch + 1, headway.seconds + tally.seconds()
                     if status:
                         return stop(status, optimizer, index)
                     save(optimizer, index)
-                    bar.update(progress, completed=headway.step, loss=row["train_loss"], lr=row["lr"],
-                               speed=row[f"{task.unit}_per_s"])  # fmt: skip
-                    if cfg.trainer.progress:
-                        bar.console.print(epoch_line(row))
+                    if row is not None:
+                        bar.update(progress, completed=headway.step, loss=row["train_loss"], lr=row["lr"],
+                                   speed=row[f"{task.unit}_per_s"])  # fmt: skip
+                        if cfg.trainer.progress:
+                            bar.console.print(epoch_line(row))
         except KeyboardInterrupt:
             return outcome("interrupted")
     return outcome("finished")
@@ -335,9 +355,10 @@ def train_mode(model: torch.nn.Module, phase: Phase) -> None:
         phase.enter(model)  # e.g. a frozen body's BatchNorm back in eval mode
 
 
-def checkpoint_state(model, optimizer, phase: int, headway: Headway, cfg: DictConfig) -> dict:
+def checkpoint_state(model, optimizer, phase: int, headway: Headway, cfg: DictConfig, averaged) -> dict:
     return {
         "model": model.state_dict(),
+        "ema": None if averaged is None else averaged.state_dict(),  # the moving average, with its count
         "optimizer": optimizer.state_dict(),  # the current phase's
         "phase": phase,
         "scheduler": {

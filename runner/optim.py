@@ -110,6 +110,16 @@ def evaluation_weights(optimizer: torch.optim.Optimizer):
     return optimizer.averaged() if isinstance(optimizer, NTASGD) and optimizer.averaging else nullcontext()
 
 
+def weight_average(model: torch.nn.Module, decay: float | None):
+    """torch's exponential moving average of the weights and BatchNorm statistics (trainer.ema), or None.
+    Updated after every optimizer step; evaluation reads it, training never does."""
+    if decay is None:
+        return None
+    return torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True
+    )
+
+
 def split_decay(group: ParamGroup, weight_decay: float, decay_norm_and_bias: bool, lr: float) -> list[dict]:
     """torch param groups of one recipe group: decayed weights, then biases and norm weights (any parameter
     of 1 dimension or fewer) and everything of a group that does not decay."""

@@ -12,6 +12,7 @@ processes, or machines sharing the folder, can work on one study: run the same c
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -264,7 +265,9 @@ def reporter(trial, eval_every: float):
     def should_stop(row: dict) -> bool:
         nonlocal metric_key
         metric_key = metric_key or next(k for k in row if k.startswith("val_") and k != "val_loss")
-        evaluation = round(row["epoch"] / eval_every)  # 1, 2, ...: the pruner counts evaluations, not steps
+        evaluation = math.ceil(
+            round(row["epoch"] / eval_every, 6)
+        )  # 1, 2, ...: the pruner counts evaluations, not steps
         trial.report(row[metric_key], step=evaluation)
         return trial.should_prune()
 
