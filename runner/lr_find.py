@@ -71,7 +71,7 @@ from matplotlib.figure import Figure
 from omegaconf import MISSING, DictConfig
 
 from runner import results
-from runner.config import DecayMode, TrainConfig, check, compose, recipe_module
+from runner.config import DecayMode, TrainConfig, check, compose, recipe_module, settled
 from runner.device import resolve_device
 from runner.errors import UsageError
 from runner.loop import epoch_batches, progress_bar, train_mode, train_step
@@ -267,6 +267,7 @@ def find(cfg: DictConfig) -> Finding:
     if cfg.trainer.threads is not None:
         torch.set_num_threads(cfg.trainer.threads)
     task = recipe_module(cfg.recipe.name).build(cfg, resolve_device(cfg.trainer.device))
+    cfg = settled(cfg, task.settled)
     phase = task.run_phases(cfg.trainer.epochs)[0]
     train_mode(task.model, phase)  # before the optimizer: a phase may freeze parameters
     optimizer = build_optimizer(task.model, cfg, task.train_size, phase.param_groups)

@@ -27,6 +27,8 @@ Semantics the loop relies on:
 - `lr_scale(batch)`: a per-batch factor the schedule multiplies into the lr (AWD-LSTM's seq_len / bptt).
 - `param_groups`: which parameters train, each group with an lr multiplier and whether it decays at all;
   runner.optim.build_optimizer further splits every group into decayed weights and undecayed biases/norms.
+- `settled`: settings the config left open and the recipe chose by measuring this machine (runner/machine.py);
+  the run's config takes them (runner.config.settled), so config.yaml records them and a resume reuses them.
 - `phases`: a run may train in phases (a frozen body, then the whole net), each with its own epochs, parameter
   groups, and a hook run at every epoch start of the phase; one optimizer and one schedule cycle per phase.
 """
@@ -120,6 +122,8 @@ class Task:
     phases: list[Phase] = field(default_factory=list)  # empty: one phase of trainer.epochs over param_groups
     after_step: Callable[[int], None] | None = None  # after every optimizer step (pruning masks)
     epoch_start: Callable[[int], None] | None = None  # before each epoch's batches (progressive resizing)
+    settled: dict[str, Any] = field(default_factory=dict)  # config keys the recipe measured on this machine
+    # (dotted key: value, e.g. recipe.channels_last): written into the run's config.yaml before it trains
 
     def run_phases(self, epochs: int) -> list[Phase]:
         """The phases of a run of `epochs` epochs (the single default phase when the recipe declares none)."""

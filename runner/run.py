@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from runner import checkpoint, results, signals
-from runner.config import parse_target, recipe_module, typed
+from runner.config import parse_target, recipe_module, settled, typed
 from runner.device import resolve_device
 from runner.errors import UsageError
 from runner.loop import Outcome, fit
@@ -53,6 +53,7 @@ def train(
         results.remove_orphaned_temporaries(run_dir)  # a run killed mid-write (SIGKILL) left one behind
         saved = checkpoint.load(run_dir)  # a corrupt one stops here, changing nothing
     task = recipe_module(cfg.recipe.name).build(cfg, resolve_device(cfg.trainer.device))
+    cfg = settled(cfg, task.settled)  # what the recipe measured on this machine: config.yaml records it
     check_target(cfg, task)
     prior_wall_s, segments = float(record.get("wall_s") or 0.0), record.get("segments", 0) + 1
 
@@ -143,6 +144,8 @@ def overridden(cfg: DictConfig) -> list[str]:
 
 def refuse_change(cfg: DictConfig, saved: DictConfig, key: str, run_dir: Path) -> None:
     new, old = OmegaConf.select(cfg, key), OmegaConf.select(saved, key)
+    if key in saved.measured and new in (None, "auto"):  # left open again: the run keeps what it measured
+        return
     if new != old:
         was = (saved.choices or {}).get(key, "another option") if isinstance(old, DictConfig) else repr(old)
         raise UsageError(
