@@ -136,8 +136,14 @@ def split_decay(group: ParamGroup, weight_decay: float, decay_norm_and_bias: boo
 
 
 def cycle_epochs(cfg: DictConfig) -> float:
-    """T in the normalized decay: the run's epochs, or the first cycle's for warm restarts (AdamWR)."""
+    """T in the normalized decay: the run's epochs, or for warm restarts (AdamWR) the first cycle's, T_0; the
+    schedule rescales the coefficient to each later cycle's T_i (runner/schedule.py, decay_multiplier)."""
     return cfg.schedule.t0_epochs if cfg.schedule.name == "warm_restarts" else cfg.trainer.epochs
+
+
+def decay_key(optimizer: torch.optim.Optimizer) -> str:
+    """The param-group key that holds the decay coefficient: SGDW keeps its own (torch's is 0 there)."""
+    return "decoupled_weight_decay" if isinstance(optimizer, SGDW) else "weight_decay"
 
 
 def torch_weight_decay(cfg: DictConfig, train_size: int | None = None, lr_mult: float = 1.0) -> float:

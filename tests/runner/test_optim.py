@@ -11,6 +11,7 @@ from runner import optim as optim_module
 from runner.config import compose
 from runner.optim import SGDW, build_optimizer, split_decay, torch_weight_decay
 from runner.recipe import ParamGroup
+from runner.schedule import build_schedule
 
 IMPLS = ["fused", "foreach", "for_loop"]
 GRADS = [torch.tensor([0.5, -1.0, 2.0]), torch.tensor([-0.3, 0.2, 1.0]), torch.tensor([0.1, 0.1, -4.0])]
@@ -158,7 +159,8 @@ def test_sgdw_state_round_trips_through_state_dict():
 
 
 def test_normalized_weight_decay_follows_the_formula():
-    """lambda = lambda_norm * sqrt(b / (B T)) (sec. 3); T is the first cycle for warm restarts."""
+    """lambda = lambda_norm * sqrt(b / (B T)) (sec. 3); for warm restarts the optimizer starts with the first
+    cycle's T_0 (the schedule moves it to each later cycle's T_i: the next test)."""
     cfg = compose(["optimizer.normalized_wd=true", "optimizer.weight_decay=0.05", "trainer.batch_size=128",
                    "trainer.epochs=30"])  # fmt: skip
     assert torch_weight_decay(cfg, train_size=50_000) == pytest.approx(0.05 * math.sqrt(128 / (50_000 * 30)))
@@ -166,6 +168,32 @@ def test_normalized_weight_decay_follows_the_formula():
                    "schedule.t0_epochs=10", "optimizer.decay_mode=paper", "optimizer.lr=1e-3"])  # fmt: skip
     expected = 0.05 * math.sqrt(cfg.trainer.batch_size / (50_000 * 10)) / 1e-3
     assert torch_weight_decay(cfg, train_size=50_000) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("name,key", [("adamw", "weight_decay"), ("sgdw", "decoupled_weight_decay")])
+def test_normalized_decay_under_warm_restarts_uses_each_cycles_length(name, key):
+    """App. B: lambda_i = lambda_norm * sqrt(b / (B T_i)), T_i = T_0 t_mult^i epochs, at every step of cycle i;
+    here T_0 = 1 epoch of 10 steps, t_mult = 2: cycles of 1, 2 and 4 epochs. A resume keeps the base value."""
+    cfg = compose([f"optimizer={name}", "optimizer.normalized_wd=true", "optimizer.weight_decay=0.05",
+                   "optimizer.decay_mode=torch", "trainer.batch_size=128", "trainer.epochs=7",
+                   "schedule=warm_restarts", "schedule.t0_epochs=1", "schedule.t_mult=2"])  # fmt: skip
+    optimizer = build_optimizer(Single(), cfg, train_size=50_000)
+    schedule = build_schedule(optimizer, cfg, steps_per_epoch=10)
+    for step, cycle_epochs in ((0, 1), (9, 1), (10, 2), (29, 2), (30, 4), (69, 4)):
+        schedule.apply(optimizer, step)
+        expected = 0.05 * math.sqrt(128 / (50_000 * cycle_epochs))
+        assert optimizer.param_groups[0][key] == pytest.approx(expected, rel=1e-12), step
+    resumed = build_optimizer(Single(), cfg, train_size=50_000)
+    resumed.load_state_dict(optimizer.state_dict())
+    build_schedule(resumed, cfg, steps_per_epoch=10).apply(resumed, 15)
+    assert resumed.param_groups[0][key] == pytest.approx(0.05 * math.sqrt(128 / (50_000 * 2)), rel=1e-12)
+    plain = compose([f"optimizer={name}", "optimizer.weight_decay=0.05", "optimizer.decay_mode=torch",
+                     "schedule=warm_restarts", "schedule.t0_epochs=1"])  # fmt: skip
+    optimizer = build_optimizer(Single(), plain)
+    schedule = build_schedule(optimizer, plain, steps_per_epoch=10)
+    for step in (0, 10, 30):
+        schedule.apply(optimizer, step)
+        assert optimizer.param_groups[0][key] == 0.05  # without normalization the coefficient stays put
 
 
 def test_biases_and_norm_weights_get_no_decay_unless_asked():

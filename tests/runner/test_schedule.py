@@ -101,6 +101,26 @@ def test_linear_decay_and_constant_follow_their_formulas():
     assert {constant.multiplier(k) for k in range(100)} == {1.0}
 
 
+def hugging_face_linear(step: int, warmup: int, total: int) -> float:
+    """transformers.get_linear_schedule_with_warmup's lr_lambda, written out (its LambdaLR reads it at step 0
+    for the first update)."""
+    if step < warmup:
+        return step / max(1, warmup)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def test_linear_with_warmup_is_hugging_faces_bert_schedule():
+    """The first update at lr 0, the peak at step W, then the decay from there: HF's values at every step."""
+    _, _, schedule = ours(["schedule=linear", "schedule.warmup_steps=10"])  # 100 steps, linear warmup
+    ramp = [schedule.multiplier(step) for step in range(100)]
+    assert ramp[0] == 0.0 and ramp[10] == 1.0 and ramp[55] == pytest.approx(0.5)
+    assert ramp == pytest.approx([hugging_face_linear(step, 10, 100) for step in range(100)], abs=1e-12)
+    from transformers import get_linear_schedule_with_warmup
+
+    expected = torch_values(lambda opt: get_linear_schedule_with_warmup(opt, 10, 100), 100, adam=False)
+    assert ramp == pytest.approx([lr for lr, _ in expected], abs=1e-12)
+
+
 def test_untuned_warmups_of_ma_and_yarats():
     """Linear: min(1, t (1 - beta2) / 2); exponential: 1 - exp(-(1 - beta2) t); t = step + 1, beta2 = 0.99."""
     _, _, lin = ours(["schedule=constant", "schedule.warmup=linear"], epochs=50)
@@ -111,6 +131,9 @@ def test_untuned_warmups_of_ma_and_yarats():
         assert exp.multiplier(step) == pytest.approx(1 - math.exp(-0.01 * t))
     _, _, fixed = ours(["schedule=cosine", "schedule.warmup=linear", "schedule.warmup_steps=10"])
     assert fixed.multiplier(4) == pytest.approx(0.5 * (0.5 + 0.5 * math.cos(math.pi * 4 / 100)))
+    # the warmup multiplies the cosine, which decays from step 0: the warmed run's peak is below the nominal lr
+    peak = max(fixed.multiplier(k) for k in range(100))  # at step 9, where the warmup reaches 1
+    assert peak == pytest.approx(0.5 + 0.5 * math.cos(math.pi * 9 / 100))
 
 
 def test_apply_sets_lr_from_each_groups_base_and_cycles_beta1():
