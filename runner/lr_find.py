@@ -27,10 +27,14 @@ start) and the last 5 recorded (the diverged tail), cut before any non-finite va
   "longest valley" is the longest strictly decreasing subsequence of the smoothed loss (not necessarily
   contiguous: lds[i] = 1 + max lds[j] over j < i with loss[j] > loss[i]); it ends at the first index `end` of
   the largest lds and is taken to start at `start = end - lds[end]`; the suggestion is the lr at index
-  start + int(L/3) + int(L/6), L = end - start. It is often described as "about 2/3 of the way down the
-  valley"; fastai's index is about halfway along it (in log lr), and that is what is implemented here,
-  exactly. One deviation: the index is clamped into the window (fastai's formula gives -1, the last and most
-  diverged point, when the loss never falls).
+  start + int(L/3) + int(L/6), L = end - start = lds[end]. It is often described as "about 2/3 of the way
+  down the valley"; fastai's index is about halfway along it (in log lr), and that is what is implemented
+  here, exactly, with one deviation. fastai's index is never past `end` and is negative in exactly one case:
+  L = 2 with end = 1 (the window's first two points fall, and no three of its points fall in order: lds
+  never reaches 3), where start = -1 and the index is -1, so fastai suggests lrs[-1], the window's last and
+  most diverged point; ours clamps the index to 0, the window's first. Everywhere else the two give the same
+  lr, including a loss that never falls (L = 1): fastai's start then stays at its initial 0 and ours is
+  clamped from -1 to 0, the window's first point in both.
 - `steepest`: fastai < 2.4's `lr_steep` (now `SuggestionMethod.Steep`): the lr where the smoothed loss falls
   fastest, argmin over i of (s[i+1] - s[i]) / (log lr[i+1] - log lr[i]), reported at lr[i].
 - `minimum`: Smith's and fastai's `lr_min` rule of thumb: the lr of the lowest smoothed loss, divided by 10
@@ -164,7 +168,8 @@ def window(smoothed: list[float], steps: int) -> tuple[int, int]:
 
 
 def valley(lrs: np.ndarray, smoothed: np.ndarray) -> float:
-    """fastai's `valley`: about halfway down the longest decreasing subsequence of the smoothed loss."""
+    """fastai's `valley`: about halfway down the longest decreasing subsequence of the smoothed loss (the
+    window's first point in the one case where fastai's index is -1: see the module's docstring)."""
     n = len(smoothed)
     lds = np.ones(n, dtype=int)  # the longest strictly decreasing subsequence ending at each point
     for i in range(1, n):

@@ -211,8 +211,9 @@ def test_phase_enter_runs_after_train_mode():
 
 
 # ------------------------------------------------------------------------------------------ the rules
-def fastai_valley(lrs: list[float], losses: list[float]) -> float:
-    """fastai/callback/schedule.py::valley (fastai 2.7), line for line, with the final index clamped."""
+def fastai_valley_index(losses: list[float]) -> int:
+    """The index fastai/callback/schedule.py::valley (fastai 2.7) reads lrs at, line for line (it returns
+    lrs[idx], so -1 is the window's last point)."""
     n = len(losses)
     max_start, max_end = 0, 0
     lds = [1] * n
@@ -224,17 +225,47 @@ def fastai_valley(lrs: list[float], losses: list[float]) -> float:
                 max_end = i
                 max_start = max_end - lds[max_end]
     sections = (max_end - max_start) / 3
-    idx = max_start + int(sections) + int(sections / 2)
-    return float(lrs[min(max(idx, 0), n - 1)])
+    return max_start + int(sections) + int(sections / 2)
 
 
-def test_valley_is_fastais():
+def test_valley_is_fastais_wherever_its_index_is_not_minus_one():
     rng = np.random.default_rng(0)
     lrs = np.geomspace(1e-5, 1.0, 60)
     for _ in range(30):
         curve = 2.3 - np.clip(np.linspace(-1, 2, 60), 0, None) + np.linspace(0, 3, 60) ** 4 / 20
         curve = curve + rng.normal(0, rng.choice([0.001, 0.05, 0.3]), 60)
-        assert lr_find.valley(lrs, curve) == fastai_valley(lrs.tolist(), curve.tolist())
+        index = fastai_valley_index(curve.tolist())
+        assert index >= 0
+        assert lr_find.valley(lrs, curve) == lrs[index]
+
+
+@pytest.mark.parametrize(
+    "curve",
+    [
+        np.concatenate([[1.0, 0.5], np.linspace(2.0, 3.0, 18)]),  # the first two fall, then only rises
+        np.array([1.0, 0.5, 2.0, 1.5, 3.0, 2.5, 4.0, 3.5]),  # falling pairs, never three in order
+    ],
+)
+def test_valley_differs_from_fastai_only_where_its_index_is_minus_one(curve):
+    """The longest valley is 2 points, the window's first two: fastai's index is -1, its last (most diverged)
+    lr; ours is the window's first."""
+    lrs = np.geomspace(1e-4, 1.0, len(curve))
+    assert fastai_valley_index(curve.tolist()) == -1
+    assert lr_find.valley(lrs, curve) == lrs[0]
+
+
+def test_valley_of_a_loss_that_never_falls_is_the_window_start_as_in_fastai():
+    """No point is below an earlier one: fastai's start stays at its initial 0, so its index is 0 too."""
+    lrs, curve = np.geomspace(1e-4, 1.0, 20), np.linspace(1.0, 2.0, 20)
+    assert fastai_valley_index(curve.tolist()) == 0
+    assert lr_find.valley(lrs, curve) == lrs[0]
+
+
+def test_valley_past_the_first_pair_matches_fastai():
+    """A longest valley of 2 that ends later than the second point: fastai's index is end - 2 >= 0."""
+    lrs, curve = np.geomspace(1e-4, 1.0, 6), np.array([1.0, 2.0, 3.0, 2.5, 4.0, 5.0])
+    assert fastai_valley_index(curve.tolist()) == 1
+    assert lr_find.valley(lrs, curve) == lrs[1]
 
 
 def test_valley_steepest_and_minimum_on_a_drawn_curve():
@@ -246,11 +277,6 @@ def test_valley_steepest_and_minimum_on_a_drawn_curve():
     assert lr_find.minimum(lrs, curve) == pytest.approx(lrs[29] / 10)
     assert lr_find.steepest(lrs, curve) == lrs[28]  # the last step of the fall is the largest (power 1.2)
     assert lr_find.valley(lrs, curve) == lrs[8 + 7 + 3]  # start = 29 - 21 = 8, L = 21: 8 + int(7) + int(3.5)
-
-
-def test_valley_of_a_loss_that_never_falls_is_the_window_start():
-    lrs = np.geomspace(1e-4, 1.0, 20)
-    assert lr_find.valley(lrs, np.linspace(1.0, 2.0, 20)) == lrs[0]  # fastai's formula would give lrs[-1]
 
 
 # ------------------------------------------------------------------------------------------ end to end
