@@ -236,7 +236,7 @@ def torch_ridge(ridge: Ridge) -> Ridge:
 
 
 def slope_text(fit) -> str:
-    return "fewer than 3 usable lr rows" if fit is None else fit.estimate().text(digits=2)
+    return "fewer than 3 usable lr rows" if fit is None else fit.estimate().text()
 
 
 def analyze_decoupling(runs: pd.DataFrame, curves: pd.DataFrame, settings: dict) -> Section:

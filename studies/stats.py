@@ -30,6 +30,8 @@ INCONCLUSIVE = "inconclusive at this budget"
 UNTESTED = "not tested here"  # a claim no study here can test: the report lists it
 LEVEL = 0.95  # two-sided confidence level of every interval
 MIN_SEEDS = 3  # finished seeds per side that a comparison needs (the issue's "at least 3")
+SHOWN = 2  # significant digits of a CI's half-width that Estimate.text prints
+EXACT_SHOWN = 4  # significant digits of an estimate with no spread (its CI is the estimate itself)
 
 
 @dataclass(frozen=True)
@@ -42,14 +44,22 @@ class Estimate:
     df: float  # degrees of freedom of the t quantile (inf: no spread at all)
     level: float = LEVEL
 
-    def text(self, digits: int = 4, unit: str = "") -> str:
-        unit = f" {unit}" if unit else ""
+    def text(self, unit: str = "") -> str:
+        """'-1.003 (95% CI -1.041 to -0.965, df 7)': all three at the same fixed decimals, enough to show the
+        interval's half-width to SHOWN significant digits, so a narrow interval never prints as its estimate."""
+        places, unit = self.decimals(), f" {unit}" if unit else ""
         return (
-            f"{self.value:+.{digits}g}{unit} (95% CI {self.low:+.{digits}g} to {self.high:+.{digits}g})"
-            if self.level == LEVEL
-            else f"{self.value:+.{digits}g}{unit} ({self.level:.0%} CI {self.low:+.{digits}g} to "
-            f"{self.high:+.{digits}g})"
+            f"{self.value:+.{places}f}{unit} ({self.level:.0%} CI {self.low:+.{places}f} to "
+            f"{self.high:+.{places}f}, df {self.df:.3g})"
         )
+
+    def decimals(self) -> int:
+        """Decimals that show the half-width to SHOWN significant digits (the estimate's own when it is exact)."""
+        half = (self.high - self.low) / 2
+        scale, shown = (half, SHOWN) if half > 0 else (abs(self.value), EXACT_SHOWN)
+        if not (math.isfinite(scale) and scale > 0):
+            return 0
+        return max(0, shown - 1 - math.floor(math.log10(scale)))
 
 
 @dataclass(frozen=True)

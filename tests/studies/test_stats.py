@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -60,3 +62,22 @@ def test_slope_interval_and_the_combined_verdict():
     both = stats.combine([moves, stats.Verdict(stats.INCONCLUSIVE, "x")])
     assert both.outcome == stats.INCONCLUSIVE and "(1)" in both.rule and "(2)" in both.rule
     assert stats.combine([moves, stats.Verdict(stats.NOT_SUPPORTED, "y")]).outcome == stats.NOT_SUPPORTED
+
+
+def test_text_shows_the_interval_to_two_significant_digits_and_the_degrees_of_freedom():
+    """Fixed decimals from the half-width: the SGD edge's slope no longer prints as -1 (95% CI -1 to -1)."""
+    assert stats.Estimate(-1.0031, -1.0412, -0.9650, 7).text() == "-1.003 (95% CI -1.041 to -0.965, df 7)"
+    assert stats.Estimate(1.234567, 0.734567, 1.734567, 5.3421).text("points") == (
+        "+1.23 points (95% CI +0.73 to +1.73, df 5.34)"
+    )
+    assert stats.Estimate(12.3, -27.7, 52.3, 4.0, level=0.9).text() == "+12 (90% CI -28 to +52, df 4)"
+    assert stats.Estimate(0.5, 0.5, 0.5, float("inf")).text() == "+0.5000 (95% CI +0.5000 to +0.5000, df inf)"
+
+
+def test_a_narrow_slope_prints_apart_from_its_bounds():
+    """Nine points 0.01 off a line of slope -1.003: the OLS interval is about +-0.014, the text -1.003 and two
+    bounds that differ from it, with the fit's n - 2 = 7 degrees of freedom."""
+    x = np.linspace(-3.5, -1.5, 9)
+    text = stats.slope(x, -1.003 * x + np.tile([0.01, -0.01], 5)[:9]).estimate().text()
+    value, low, high = re.findall(r"[+-]\d+\.\d+", text)
+    assert value == "-1.003" and low != value != high and text.endswith(", df 7)")
