@@ -18,13 +18,14 @@ from omegaconf import DictConfig
 
 from bench.harness import bench_config
 from recipes import cifar10
+from runner.config import settled
 from runner.loop import fit
 from runner.results import write_text
 
-LOOP_VARIANTS = {  # name: overrides of the recipe's defaults (bf16 autocast + channels_last + fused optimizer)
-    "recipe loop (bf16 + channels_last + fused)": [],
-    "recipe loop, fp32 + channels_last": ["trainer.precision=fp32"],
-    "recipe loop, bf16, no channels_last": ["recipe.channels_last=false"],
+LOOP_VARIANTS = {  # name: overrides of the recipe's defaults (layout and precision measured, fused optimizer)
+    "recipe loop (layout + precision measured, fused)": [],
+    "recipe loop, fp32 + channels_last": ["trainer.precision=fp32", "recipe.channels_last=true"],
+    "recipe loop, bf16, no channels_last": ["trainer.precision=bf16", "recipe.channels_last=false"],
     "recipe loop, fp32, no channels_last, for-loop optimizer": [
         "trainer.precision=fp32",
         "recipe.channels_last=false",
@@ -36,9 +37,9 @@ PLAIN = "plain loop (DataLoader, fp32, default AdamW)"
 
 def recipe_loop_speed(cfg: DictConfig, overrides: list[str], out: Path) -> float:
     """Images/s of the second epoch of the real loop (fit), the first having warmed everything up."""
-    variant = bench_config([*overrides_of(cfg), *overrides, "trainer.epochs=2", "recipe.tta=false"])
+    variant = bench_config([*overrides_of(cfg), *overrides, "trainer.epochs=2", "recipe.tta=none"])
     task = cifar10.build(variant, torch.device("cpu"))
-    outcome = fit(task, variant, out / f"run-{time.monotonic_ns()}")
+    outcome = fit(task, settled(variant, task.settled), out / f"run-{time.monotonic_ns()}")
     return outcome.metrics[-1]["examples_per_s"]
 
 

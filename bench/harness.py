@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import importlib
 import platform
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,12 +16,14 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from runner.config import CONF_DIR, TrainConfig, check, compose, validate
 
+REPO = Path(__file__).resolve().parents[1]
 SECTIONS = {  # bench.sections name: the module that times it
     "training": "bench.cifar10_training",
     "optimizer": "bench.cifar10_optimizer",
     "language_model": "bench.wikitext2_language_model",
     "cars": "bench.cars",
     "sweeps": "bench.sweeps",
+    "time_to_accuracy": "bench.time_to_accuracy",
 }
 
 
@@ -65,6 +70,26 @@ def section_config(name: str, schema: type) -> DictConfig:
     cfg = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.load(CONF_DIR / f"bench_{name}.yaml"))
     validate(cfg)
     return cfg
+
+
+def adamrun(verb: str, *arguments: str) -> list[str]:
+    """The command line of the real command, as a section runs it: a process of its own."""
+    return [sys.executable, "-m", "runner.cli", verb, *arguments]
+
+
+def timed(command: list[str]) -> float:
+    """Run one command to its end; its wall time in seconds (process start included)."""
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    wall_s = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(failure(command, done.returncode, done.stdout + done.stderr))
+    return wall_s
+
+
+def failure(command: list[str], code: int, output: str) -> str:
+    tail = "\n".join(output.strip().splitlines()[-15:])
+    return f"bench: `{' '.join(command[2:])}` exited with {code}:\n{tail}"
 
 
 def main(overrides: list[str]) -> Path:

@@ -33,7 +33,6 @@ import json
 import math
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -44,13 +43,12 @@ import numpy as np
 import pandas as pd
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from bench.harness import section_config
+from bench.harness import REPO, adamrun, failure, section_config, timed
 from runner import results
 from runner.config import check
 from runner.results import write_text
 from runner.tune import Pruner
 
-REPO = Path(__file__).resolve().parents[1]
 SWEEP = "lr_wd_grid"  # conf/sweep/: the built-in grid, its axes replaced by `grid`
 
 
@@ -187,25 +185,6 @@ def saving(spent: float, baseline: float) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ commands
-def adamrun(verb: str, *arguments: str) -> list[str]:
-    return [sys.executable, "-m", "runner.cli", verb, *arguments]
-
-
-def timed(command: list[str]) -> float:
-    """Run one adamrun command to its end; its wall time in seconds (process start included)."""
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    wall_s = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(failure(command, done.returncode, done.stdout + done.stderr))
-    return wall_s
-
-
-def failure(command: list[str], code: int, output: str) -> str:
-    tail = "\n".join(output.strip().splitlines()[-15:])
-    return f"bench sweeps: `{' '.join(command[2:])}` exited with {code}:\n{tail}"
-
-
 def all_finished(trials: list[Trial], what: str) -> list[Trial]:
     """Timings of a grid mean something only when every trial ran to its end."""
     ended = [t for t in trials if t.status != "finished"]

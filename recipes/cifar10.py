@@ -14,9 +14,11 @@ Commands:
 
 from __future__ import annotations
 
+import copy
 import math
 import pickle
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -25,24 +27,45 @@ import torch.nn.functional as F
 from omegaconf import MISSING, DictConfig
 from torch import nn
 
-from runner.config import check
+from runner import machine
+from runner.config import Precision, check
 from runner.data import ImageDataConfig, holdout, read_fashion_mnist, read_once
+from runner.device import use_bf16
 from runner.errors import UsageError
-from runner.recipe import ACCURACY, Task
+from runner.recipe import ACCURACY, ParamGroup, Task
 
 
 # ------------------------------------------------------------------------------------------------ schema
+class Flip(StrEnum):
+    none = "none"
+    random = "random"  # each image flipped with probability 1/2, drawn anew every epoch
+    alternating = "alternating"  # drawn once, then every image flipped the other way each epoch (airbench)
+
+
+class TTA(StrEnum):
+    none = "none"
+    flip = "flip"  # the image and its mirror
+    flip_translate = "flip_translate"  # and both shifted one pixel up-left and down-right (airbench94)
+
+
 @dataclass
 class Cifar10Recipe:
     name: str = MISSING
     widths: list[int] = MISSING  # channels of the stem and the three blocks
     label_smoothing: float = MISSING
     crop_padding: int = MISSING  # pixels of random translation
-    flip: bool = MISSING
+    flip: Flip = MISSING
     bn_momentum: float = MISSING
+    bn_scale: bool = MISSING  # false: BatchNorm's scale frozen at 1 (airbench), only its bias trains
+    bias_lr_mult: float = MISSING  # lr multiplier of the BatchNorm biases
     scaling: float = MISSING  # logits multiplier (airbench), temperature of the softmax
-    channels_last: bool = MISSING
-    tta: bool = MISSING
+    channels_last: bool | None = MISSING  # null: the faster of the two on this machine, measured
+    tta: TTA = MISSING
+    whiten: bool = MISSING  # the stem is a frozen patch-whitening conv, initialised from training patches
+    whiten_patch: int = MISSING  # pixels: the side of a whitened patch
+    whiten_images: int = MISSING  # training images whose patches estimate the covariance
+    whiten_eps: float = MISSING  # added to the covariance's eigenvalues before their inverse square root
+    settle_steps: int = MISSING  # timed training steps per alternative when a setting is measured
 
     def __post_init__(self) -> None:
         check(len(self.widths) == 4, "recipe.widths", "must be four channel counts", self.widths)
@@ -53,6 +76,11 @@ class Cifar10Recipe:
         check(self.crop_padding >= 0, "recipe.crop_padding", "must be >= 0", self.crop_padding)
         check(0 <= self.bn_momentum <= 1, "recipe.bn_momentum", "must be in [0, 1]", self.bn_momentum)
         check(self.scaling > 0, "recipe.scaling", "must be > 0", self.scaling)
+        check(self.bias_lr_mult > 0, "recipe.bias_lr_mult", "must be > 0", self.bias_lr_mult)
+        check(self.whiten_patch > 0, "recipe.whiten_patch", "must be > 0", self.whiten_patch)
+        check(self.whiten_images > 0, "recipe.whiten_images", "must be > 0", self.whiten_images)
+        check(self.whiten_eps > 0, "recipe.whiten_eps", "must be > 0", self.whiten_eps)
+        check(self.settle_steps > 0, "recipe.settle_steps", "must be > 0", self.settle_steps)
 
 
 SCHEMAS = {"recipe": Cifar10Recipe, "data": ImageDataConfig}
@@ -151,8 +179,11 @@ def load_images(cfg: DictConfig) -> Images:
     )  # fmt: skip
 
 
-def random_crop_flip(padded: torch.Tensor, padding: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
-    """Random translations by up to `padding` pixels and horizontal flips of a uint8 batch, in one gather."""
+def random_crop_flip(
+    padded: torch.Tensor, padding: int, flip: Flip, gen: torch.Generator, flipped: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Random translations by up to `padding` pixels and horizontal flips of a uint8 batch, in one gather.
+    `flipped` (bool per image) are the batch's alternating flips; random ones are drawn from `gen`."""
     n, _, height, width = padded.shape
     height, width = height - 2 * padding, width - 2 * padding
     dy = torch.randint(0, 2 * padding + 1, (n,), generator=gen)
@@ -160,13 +191,20 @@ def random_crop_flip(padded: torch.Tensor, padding: int, flip: bool, gen: torch.
     flips = torch.rand(n, generator=gen) < 0.5
     rows = (dy[:, None] + torch.arange(height)).to(padded.device)
     cols = (dx[:, None] + torch.arange(width)).to(padded.device)
-    flips = flips.to(padded.device)
-    if flip:
+    if flip != Flip.none:
+        flips = (flips if flip == Flip.random else flipped).to(padded.device)
         cols = torch.where(flips[:, None], cols.flip(1), cols)
     batch = torch.arange(n, device=padded.device)[:, None, None]
     return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(
         0, 3, 1, 2
     )  # gather gives N x H x W x C
+
+
+def alternating_flips(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """airbench's flips: a random half of the images drawn once per run, then every image flipped the other
+    way each epoch, so each sees both views equally often; a pure function of (seed, epoch)."""
+    drawn = torch.rand(n, generator=torch.Generator().manual_seed(seed)) < 0.5
+    return drawn ^ bool(epoch % 2)
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -194,13 +232,24 @@ def conv_block(c_in: int, c_out: int, bn_momentum: float) -> nn.Sequential:
     )
 
 
-def make_net(in_channels: int, classes: int, recipe: DictConfig) -> nn.Sequential:
-    stem, *blocks = recipe.widths
-    widths = [stem, *blocks]
-    return nn.Sequential(
-        nn.Conv2d(in_channels, stem, 3, padding=1, bias=False),
-        nn.BatchNorm2d(stem, momentum=recipe.bn_momentum),
+def stem(in_channels: int, recipe: DictConfig) -> list[nn.Module]:
+    """A 3x3 conv + BN + GELU of widths[0] channels, or airbench's whitening conv (2 x C x patch² filters, no
+    padding, its weights set by `whiten` and frozen) + GELU."""
+    if recipe.whiten:
+        patch = recipe.whiten_patch
+        return [nn.Conv2d(in_channels, 2 * in_channels * patch * patch, patch, bias=True), nn.GELU()]
+    return [
+        nn.Conv2d(in_channels, recipe.widths[0], 3, padding=1, bias=False),
+        nn.BatchNorm2d(recipe.widths[0], momentum=recipe.bn_momentum),
         nn.GELU(),
+    ]
+
+
+def make_net(in_channels: int, classes: int, recipe: DictConfig) -> nn.Sequential:
+    first = stem(in_channels, recipe)
+    widths = [first[0].out_channels, *recipe.widths[1:]]
+    net = nn.Sequential(
+        *first,
         *(
             conv_block(c_in, c_out, recipe.bn_momentum)
             for c_in, c_out in zip(widths, widths[1:], strict=False)
@@ -210,6 +259,42 @@ def make_net(in_channels: int, classes: int, recipe: DictConfig) -> nn.Sequentia
         nn.Linear(widths[-1], classes, bias=False),
         Scale(recipe.scaling),
     )
+    for norm in batch_norms(net):
+        norm.weight.requires_grad_(recipe.bn_scale)
+    return net
+
+
+def batch_norms(net: nn.Module) -> list[nn.BatchNorm2d]:
+    return [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
+def patches(x: torch.Tensor, side: int) -> torch.Tensor:
+    """Every side x side patch of a float batch, one row each: (N * positions) x (C * side * side)."""
+    c = x.shape[1]
+    return x.unfold(2, side, 1).unfold(3, side, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, c * side * side)
+
+
+def whiten(conv: nn.Conv2d, images: torch.Tensor, eps: float) -> None:
+    """airbench's whitening init: the filters are the eigenvectors of the patches' (uncentred) covariance
+    scaled by 1/sqrt(eigenvalue + eps), and their negatives, so that the first half of the outputs (before the
+    bias) has identity covariance on these patches; the weights are then frozen (the bias still trains)."""
+    rows = patches(images.double(), conv.kernel_size[0])
+    eigenvalues, eigenvectors = torch.linalg.eigh(rows.T @ rows / len(rows))
+    filters = (eigenvectors.T / (eigenvalues + eps).sqrt()[:, None]).reshape(-1, *conv.weight.shape[1:])
+    with torch.no_grad():
+        conv.weight.copy_(torch.cat([filters, -filters]).to(conv.weight.dtype))
+        conv.bias.zero_()
+    conv.weight.requires_grad_(False)
+
+
+def param_groups(net: nn.Module, bias_lr_mult: float) -> list[ParamGroup]:
+    """The BatchNorm biases in a group of their own, at bias_lr_mult times the lr (airbench); the rest."""
+    biases = {id(norm.bias) for norm in batch_norms(net)}
+    trained = [p for p in net.parameters() if p.requires_grad]
+    return [
+        ParamGroup([p for p in trained if id(p) not in biases], name="weights"),
+        ParamGroup([p for p in trained if id(p) in biases], lr_mult=bias_lr_mult, name="bn_biases"),
+    ]
 
 
 # ------------------------------------------------------------------------------------------------ task
@@ -221,15 +306,21 @@ def build(cfg: DictConfig, device: torch.device) -> Task:
     recipe = cfg.recipe
     pad, side = recipe.crop_padding, min(images.train_x.shape[-2:])
     check(pad < side, "recipe.crop_padding", f"must be below the image side ({side} pixels)", pad)
-    memory_format = torch.channels_last if recipe.channels_last else torch.contiguous_format
     train_x = images.train_x.float() / 255
     mean, std = train_x.mean(dim=(0, 2, 3), keepdim=True), train_x.std(dim=(0, 2, 3), keepdim=True)
     padded = F.pad(images.train_x, (pad, pad, pad, pad), mode="reflect" if pad else "constant").to(device)
     train_y = images.train_y.to(device)
     mean, std = mean.to(device), std.to(device)
-    model = make_net(images.train_x.shape[1], images.classes, recipe).to(device, memory_format=memory_format)
+    model = make_net(images.train_x.shape[1], images.classes, recipe).to(device)
+    if recipe.whiten:
+        whiten(model[0], ((train_x[: recipe.whiten_images] - mean.cpu()) / std.cpu()), recipe.whiten_eps)
     batch_size = cfg.trainer.batch_size
     n_train = len(train_y)
+    first = ((images.train_x[:batch_size].to(device).float() / 255 - mean) / std, train_y[:batch_size])
+    settled = settle(cfg, model, *first)
+    memory_format = torch.channels_last if settled["recipe.channels_last"] else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    epoch_now = [0]  # the epoch whose batches are drawn: alternating flips depend on it
 
     def normalize(x_uint8: torch.Tensor) -> torch.Tensor:
         return ((x_uint8.to(device).float() / 255 - mean) / std).contiguous(memory_format=memory_format)
@@ -240,9 +331,11 @@ def build(cfg: DictConfig, device: torch.device) -> Task:
 
     def batches(gen: torch.Generator):
         order = torch.randperm(n_train, generator=gen)
+        flipped = alternating_flips(n_train, cfg.seed, epoch_now[0])
         for start in range(0, n_train, batch_size):
-            idx = order[start : start + batch_size].to(device)
-            yield normalize(random_crop_flip(padded[idx], pad, recipe.flip, gen)), train_y[idx]
+            idx = order[start : start + batch_size]
+            augmented = random_crop_flip(padded[idx.to(device)], pad, recipe.flip, gen, flipped[idx])
+            yield normalize(augmented), train_y[idx.to(device)]
 
     def loss(model: nn.Module, batch, state: None) -> tuple[torch.Tensor, None]:
         x, y = batch
@@ -256,6 +349,9 @@ def build(cfg: DictConfig, device: torch.device) -> Task:
             f"{split}_acc": (logits.argmax(1) == y).float().mean().item(),
         }
 
+    def epoch_start(epoch: int) -> None:
+        epoch_now[0] = epoch
+
     return Task(
         model=model,
         train_size=n_train,
@@ -265,12 +361,61 @@ def build(cfg: DictConfig, device: torch.device) -> Task:
         evaluate=evaluate,
         metric=ACCURACY,
         splits=tuple(sorted(held_out, reverse=True)),  # ("val", "test") or ("test",)
+        param_groups=param_groups(model, recipe.bias_lr_mult),
+        epoch_start=epoch_start,
+        settled=settled,
     )
 
 
-def predict(model: nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
-    """Logits in fp32; with test-time augmentation, averaged over the image and its horizontal flip."""
+def predict(model: nn.Module, x: torch.Tensor, tta: TTA) -> torch.Tensor:
+    """Logits in fp32; with test-time augmentation, averaged over the views airbench94 uses: the image and its
+    mirror, then (flip_translate) half that and half the mean of both shifted one pixel each way."""
     logits = model(x).float()
-    if tta:
-        logits = (logits + model(x.flip(-1)).float()) / 2
-    return logits
+    if tta == TTA.none:
+        return logits
+    logits = (logits + model(x.flip(-1)).float()) / 2
+    if tta == TTA.flip:
+        return logits
+    height, width = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    shifted = [padded[..., :height, :width], padded[..., 2:, 2:]]
+    return (logits + sum(predict(model, view, TTA.flip) for view in shifted) / 2) / 2
+
+
+# ------------------------------------------------------------------------------------------------ machine
+
+
+def settle(cfg: DictConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """The settings measured on this machine where the config leaves them open (recipe.channels_last null;
+    trainer.precision auto on hardware with bf16): each alternative times recipe.settle_steps training steps
+    of a copy of the model on the batch (x, y), and the fastest wins. The choice goes into the run's
+    config.yaml, so a resumed run uses it again without measuring."""
+    layouts = [True, False] if cfg.recipe.channels_last is None else [cfg.recipe.channels_last]
+    precision = Precision(cfg.trainer.precision)
+    if precision == Precision.auto:
+        precisions = [Precision.bf16, Precision.fp32] if use_bf16(precision, x.device) else [Precision.fp32]
+    else:
+        precisions = [precision]
+    alternatives = [(layout, p) for layout in layouts for p in precisions]
+    chosen = alternatives[0]
+    if len(alternatives) > 1:
+        seconds = {key: seconds_per_step(model, x, y, key, cfg.recipe.settle_steps) for key in alternatives}
+        chosen = machine.fastest(seconds)
+        print(machine.describe("(channels_last, precision)", seconds, chosen), flush=True)
+    return {"recipe.channels_last": chosen[0], "trainer.precision": str(chosen[1])}
+
+
+def seconds_per_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, setting: tuple, steps: int) -> float:
+    """Seconds of one forward + backward of a copy of the model on (x, y) in `setting` (channels_last,
+    precision): the median of `steps` timed steps (runner.machine)."""
+    channels_last, precision = setting
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    trial, x = copy.deepcopy(model).to(memory_format=layout), x.contiguous(memory_format=layout)
+
+    def step() -> None:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=precision == Precision.bf16):
+            loss = F.cross_entropy(trial(x), y)
+        loss.backward()
+        trial.zero_grad(set_to_none=True)
+
+    return machine.seconds_per_step(step, steps)

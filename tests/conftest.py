@@ -87,6 +87,11 @@ def write_cifar10(folder: Path, per_batch: int, seed: int = 0) -> tuple[np.ndarr
     return np.concatenate(xs), np.concatenate(ys)
 
 
+# The settings the recipe would otherwise measure per run (runner/machine.py), pinned: two runs that a test
+# compares must not differ by what each happened to measure.
+PINNED = ["recipe.channels_last=false", "trainer.precision=bf16"]
+
+
 def tiny_overrides(tmp_path: Path, fmnist_root: Path) -> list[str]:
     """The real train config on the tiny Fashion-MNIST fixture: a few CPU seconds per run."""
     return [
@@ -100,6 +105,7 @@ def tiny_overrides(tmp_path: Path, fmnist_root: Path) -> list[str]:
         "trainer.progress=false",
         "trainer.log_every=2",
         "trainer.threads=1",
+        *PINNED,
     ]
 
 
@@ -108,7 +114,7 @@ def tiny(root: Path, results_dir: Path, *extra: str) -> list[str]:
     return [
         "data=fashion_mnist", f"data.root={root}", f"results_dir={results_dir}", "recipe.widths=[8,8,16,16]",
         "trainer.batch_size=32", "trainer.eval_batch_size=64", "trainer.progress=false", "trainer.log_every=2",
-        "trainer.threads=1", "trainer.epochs=2", *extra,
+        "trainer.threads=1", "trainer.epochs=2", *PINNED, *extra,
     ]  # fmt: skip
 
 

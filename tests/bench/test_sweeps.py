@@ -28,7 +28,7 @@ from runner.errors import UsageError
 
 TINY = [
     "data=fashion_mnist", "data.train_limit=320", "data.val_size=64", "data.test_limit=128",
-    "recipe.widths=[8,8,16,16]", "trainer.batch_size=32", "trainer.eval_batch_size=128", "trainer.epochs=2",
+    "recipe.widths=[8,8,16,16]", "recipe.channels_last=false", "trainer.precision=bf16", "trainer.batch_size=32", "trainer.eval_batch_size=128", "trainer.epochs=2",
 ]  # fmt: skip
 
 

@@ -37,7 +37,8 @@ def recipe_overrides(recipe: str, data: dict[str, Path]) -> list[str]:
     """Each recipe shrunk to CPU seconds on the fixture data (its own real format)."""
     images = [f"data.root={data['images']}", "trainer.batch_size=16", "trainer.eval_batch_size=32"]
     return {
-        "cifar10": ["recipe=cifar10", "data=fashion_mnist", *images, "recipe.widths=[8,8,16,16]"],
+        "cifar10": ["recipe=cifar10", "data=fashion_mnist", *images, "recipe.widths=[8,8,16,16]",
+                    "recipe.channels_last=false", "trainer.precision=bf16"],
         "cars": ["recipe=cars", "data=fashion_mnist", *images, "model=resnet18", "model.weights=none",
                  "recipe.frozen_fraction=0.5"],
         "wikitext2": ["recipe=wikitext2", "data=wiki_offline", "data.wiki.package=null", f"data.wiki.file={data['wiki']}",

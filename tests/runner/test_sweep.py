@@ -26,7 +26,7 @@ from tests.conftest import REPO, adamrun, assert_one_line
 FMNIST = Path("/usr/share/datasets/fashion-mnist")  # the Debian package (make data)
 TINY = [
     "data=fashion_mnist", "data.train_limit=320", "data.val_size=64", "data.test_limit=128",
-    "recipe.widths=[8,8,16,16]", "trainer.batch_size=32", "trainer.eval_batch_size=128", "trainer.epochs=2",
+    "recipe.widths=[8,8,16,16]", "recipe.channels_last=false", "trainer.precision=bf16", "trainer.batch_size=32", "trainer.eval_batch_size=128", "trainer.epochs=2",
     "trainer.log_every=2",
 ]  # fmt: skip
 GRID = ["optimizer=adamw,sgd", "optimizer.lr=1e-3,1e30", "optimizer.weight_decay=0"]  # 1e30 diverges
