@@ -26,7 +26,7 @@ $(FMNIST):
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
 # The CIFAR-10 recipe on the real Fashion-MNIST files, offline; ends with the runs table.
-DEMO_EPOCHS := 6
+DEMO_EPOCHS := 5
 demo: install data
 	$(ADAMRUN) train recipe=cifar10 data=fashion_mnist trainer.epochs=$(DEMO_EPOCHS)
 	$(ADAMRUN) report

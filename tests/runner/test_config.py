@@ -80,6 +80,7 @@ PRIMARY = {  # conf/<name>.yaml: what composes or loads it
     "bench_cars": section("cars"),
     "bench_lm": section("language_model"),
     "bench_sweeps": section("sweeps"),
+    "bench_time_to_accuracy": section("time_to_accuracy"),
     "reproduce": reproduce,
 }
 READERS = [train_with_each_recipe, lr_find, bench_train, search, sparsify_bert]  # configs with groups

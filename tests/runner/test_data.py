@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from recipes.cifar10 import load_images, random_crop_flip
+from recipes.cifar10 import Flip, load_images, random_crop_flip
 from runner.data import read_once
 from runner.errors import UsageError
 from tests.conftest import write_cifar10, write_fashion_mnist
@@ -67,7 +67,7 @@ def test_random_crop_flip_equals_slicing_each_image():
     """The one-gather augmentation against the obvious per-image loop, with the same random draws."""
     padding, n = 2, 16
     padded = torch.randint(0, 256, (n, 3, 12 + 2 * padding, 10 + 2 * padding), dtype=torch.uint8)
-    out = random_crop_flip(padded, padding, True, torch.Generator().manual_seed(3))
+    out = random_crop_flip(padded, padding, Flip.random, torch.Generator().manual_seed(3))
     gen = torch.Generator().manual_seed(3)
     dy = torch.randint(0, 2 * padding + 1, (n,), generator=gen)
     dx = torch.randint(0, 2 * padding + 1, (n,), generator=gen)
