@@ -14,7 +14,18 @@ from runner.config import compose
 from runner.errors import UsageError
 from tests.conftest import assert_one_line, tiny_overrides
 
-OPTIMIZERS = ["adam_l2", "adam_l2_cars", "adam_l2_lm", "adamw", "adamw_cifar10", "adamw_lm", "amsgrad", "asgd", "sgd", "sgdw"]
+OPTIMIZERS = [
+    "adam_l2",
+    "adam_l2_cars",
+    "adam_l2_lm",
+    "adamw",
+    "adamw_cifar10",
+    "adamw_lm",
+    "amsgrad",
+    "asgd",
+    "sgd",
+    "sgdw",
+]
 SCHEDULES = [
     "constant",
     "cosine",

@@ -115,14 +115,21 @@ def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> Non
         time.sleep(0.02)
 
 
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, slow_fmnist) -> Path:
+    """The uninterrupted 3-epoch run that every stopped-and-resumed run is compared with (once per module)."""
+    tmp = tmp_path_factory.mktemp("straight")
+    process = spawn([*tiny(slow_fmnist, tmp / "results", "trainer.epochs=3"), f"run_dir={tmp / 'run'}"])
+    assert process.wait() == 0, process.communicate()
+    return tmp / "run"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stop,code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
-def test_a_stop_signal_mid_epoch_is_handled_as_ctrl_c(tmp_path, slow_fmnist, stop, code):
+def test_a_stop_signal_mid_epoch_is_handled_as_ctrl_c(tmp_path, slow_fmnist, straight_run, stop, code):
     """SLURM, submitit and Ray stop jobs with SIGTERM: the row says interrupted, the exit code is 128 + the
     signal, resume finishes bitwise as an uninterrupted run would, and wall_s adds up both segments."""
     overrides = tiny(slow_fmnist, tmp_path / "results", "trainer.epochs=3")
-    straight = spawn([*overrides, f"run_dir={tmp_path / 'straight'}"])
-    assert straight.wait() == 0, straight.communicate()
     run_dir = tmp_path / "stopped"
     process = spawn([*overrides, f"run_dir={run_dir}"])
     wait_for(run_dir / "checkpoint.pt", process)
@@ -136,7 +143,7 @@ def test_a_stop_signal_mid_epoch_is_handled_as_ctrl_c(tmp_path, slow_fmnist, sto
     assert float(row["wall_s"]) > 0
     resumed = spawn(["train", "resume=true", f"run_dir={run_dir}"][1:])
     assert resumed.wait() == 0, resumed.communicate()
-    assert_same_run(tmp_path / "straight", run_dir)
+    assert_same_run(straight_run, run_dir)
     final = json.loads((run_dir / "run.json").read_text())
     assert final["status"] == "finished" and final["segments"] == 2
     assert final["wall_s"] > first["wall_s"]  # the total over both segments, not the resumed part alone

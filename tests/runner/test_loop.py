@@ -34,10 +34,14 @@ def test_a_run_writes_its_directory_and_row(tiny_cfg, tmp_path):
     assert metrics[-1]["test_acc"] > 0.25 and metrics[-1]["test_loss"] < metrics[0]["test_loss"]
     state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert {"model", "optimizer", "scheduler", "step", "rng", "config"} <= set(state)
-    assert state["config"]["optimizer"]["lr"] == 6e-3  # the recipe's AdamW (conf/optimizer/adamw_cifar10.yaml)
+    assert (
+        state["config"]["optimizer"]["lr"] == 6e-3
+    )  # the recipe's AdamW (conf/optimizer/adamw_cifar10.yaml)
     [saved] = results.read_rows(tmp_path / "results" / "runs.csv")
     assert (
-        saved["status"] == "finished" and saved["optimizer"] == "adamw_cifar10" and saved["data"] == "fashion_mnist"
+        saved["status"] == "finished"
+        and saved["optimizer"] == "adamw_cifar10"
+        and saved["data"] == "fashion_mnist"
     )
     assert saved["metric"] == "acc" and saved["goal"] == "max"  # the recipe's metric, read as test_metric
     assert float(saved["test_metric"]) == pytest.approx(metrics[-1]["test_acc"])
