@@ -35,7 +35,7 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# The whole suite, slow tests included (538 tests: 10.5 minutes on 2 cores, 13 with the install on a fresh clone); `pytest -m
+# The whole suite, slow tests included (585 tests: 10 minutes on 2 cores, 12 with the install on a fresh clone); `pytest -m
 # "not slow"` for a quick loop.
 # pytest exits 5 when it collects nothing: for this project that means the suite is broken, so say so.
 test: data lint
@@ -52,7 +52,8 @@ reproduce: install data
 DEEPSPARSE_PY := $(wildcard .venv-deepsparse/bin/python)
 SPARSIFY_ARGS := $(if $(DEEPSPARSE_PY),bench.deepsparse_python=$(DEEPSPARSE_PY))
 
-# Both speed studies, each against a baseline timed in the same run: the training loop (results/bench/) and
+# Both speed studies, each against a baseline timed in the same run: the training loop and time to accuracy (results/bench/;
+# about 105 minutes, 70 of them the time_to_accuracy section: `adamrun bench bench.sections=[...]` runs parts) and
 # the pruned-BERT variants, re-timed from the newest sparsify run that has its models (or a new default run
 # when there is none, about 30 minutes), its comparison.csv copied to results/bench/sparsify_bert.csv.
 bench: install data
