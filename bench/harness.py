@@ -77,14 +77,19 @@ def adamrun(verb: str, *arguments: str) -> list[str]:
     return [sys.executable, "-m", "runner.cli", verb, *arguments]
 
 
-def timed(command: list[str]) -> float:
-    """Run one command to its end; its wall time in seconds (process start included)."""
+def launched(command: list[str]) -> tuple[float, str]:
+    """Run one command to its end: its wall time in seconds (process start included) and its stdout."""
     started = time.perf_counter()
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
     wall_s = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(failure(command, done.returncode, done.stdout + done.stderr))
-    return wall_s
+    return wall_s, done.stdout
+
+
+def timed(command: list[str]) -> float:
+    """Run one command to its end; its wall time in seconds (process start included)."""
+    return launched(command)[0]
 
 
 def failure(command: list[str], code: int, output: str) -> str:

@@ -25,7 +25,6 @@ time_to_accuracy_settings.csv, loop_efficiency.csv, trial_profile.csv; each row 
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import MISSING, DictConfig
 
-from bench.harness import REPO, adamrun, bench_config, failure, section_config
+from bench.harness import adamrun, bench_config, launched, section_config
 from recipes import cifar10
 from runner import machine, render, results
 from runner.config import Precision, check, settled
@@ -129,15 +128,6 @@ def run_baseline(overrides: list[str]) -> tuple[list[dict], float]:
     """One plain-loop run (bench/plain_baseline.py) in a process of its own: its rows and wall time."""
     wall_s, output = launched([sys.executable, "-m", "bench.plain_baseline", *overrides])
     return [json.loads(line) for line in output.splitlines() if line.startswith("{")], wall_s
-
-
-def launched(command: list[str]) -> tuple[float, str]:
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    wall_s = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(failure(command, done.returncode, done.stdout + done.stderr))
-    return wall_s, done.stdout
 
 
 def baseline_choice(s: DictConfig) -> tuple[dict, pd.DataFrame]:
