@@ -10,8 +10,11 @@ import errno
 import sys
 from typing import Annotated
 
-import typer
-from rich.console import Console
+try:  # Ctrl-C while the command starts up exits as it does later, 130; uncaught, the interpreter would end
+    import typer  # itself by SIGINT (-2 to the parent that waits for it)
+    from rich.console import Console
+except KeyboardInterrupt:
+    sys.exit(130)
 
 app = typer.Typer(
     help="Reproduce AdamW / super-convergence results and benchmark pruned BERT on your CPU.",
@@ -140,19 +143,33 @@ Examples:
   adamrun tune tune=adamw_lr_wd trials=24 tune.pruner=successive_halving
 
   adamrun tune tune=adamw_lr_wd trials=24 sweep_dir=results/sweeps/my_search   # again: resumes, or joins
+
+  adamrun tune tune=adamw_lr_wd trials=24 tune.workers=4 tune.storage=journal   # 4 joblib workers
+
+  adamrun tune tune=adamw_lr_wd tune.workers=8 tune.storage=postgresql://me@db:5432/adamrun hydra/launcher=submitit_slurm
 """
 
 
 @app.command(epilog=TUNE_EXAMPLES)
 def tune(overrides: Overrides = None, debug: Debug = False) -> None:
     """A search on Optuna: resumable, shareable between processes, hopeless trials pruned early."""
+    from runner import storage, tune_workers
     from runner import tune as searches
 
     search = searches.plan(overrides or [])
-    console.print(f"search {search.name}: {search.cfg.tune.trials} trials in {search.dir}")
-    counts = searches.run(search, echo=lambda line: console.print(line, markup=False, highlight=False))
-    console.print("trials: " + ", ".join(f"{state} {n}" for state, n in sorted(counts.items())))
+    settings, echo = search.cfg.tune, lambda line: console.print(line, markup=False, highlight=False)
+    workers = f", {settings.workers} workers" if settings.workers > 1 else ""
+    echo(
+        f"search {search.name}: {settings.trials} trials in {search.dir}{workers}; study in {storage.where(settings, search.dir)}"
+    )
+    echo(f"dashboard: {storage.dashboard_command(settings, search.dir)}")
+    reason = tune_workers.work(search, echo)
+    counts = searches.counts(searches.study(search))
+    echo("trials: " + ", ".join(f"{state} {n}" for state, n in sorted(counts.items())))
     show_report(search.dir)
+    if reason != "done":
+        err_console.print(f"the search stopped: {reason}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_CODES["failed"])
 
 
 REPRODUCE_EXAMPLES = """
@@ -311,6 +328,8 @@ def main() -> None:
     Asked.debug = False
     try:
         code = app(standalone_mode=False)
+    except KeyboardInterrupt:  # before the command's own handling began (it returns 130 itself)
+        sys.exit(signals.exit_code())
     except UsageError as err:
         if Asked.debug:
             raise

@@ -13,6 +13,8 @@ import dataclasses
 import importlib.util
 import math
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -22,7 +24,9 @@ from typing import Any
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from hydra.core.config_store import ConfigStore
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.singleton import Singleton
 from hydra.errors import HydraException
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
@@ -376,7 +380,7 @@ def compose(
     overrides = quote_target(list(overrides))
     refuse_group_lists(overrides)
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        with outside_hydra_job(), initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = hydra_compose(config_name, overrides=overrides, return_hydra_config=True)
     except (HydraException, OmegaConfBaseException) as err:
         raise UsageError(explain(err, overrides, config_name)) from err
@@ -392,6 +396,18 @@ def compose(
     with open_dict(cfg):
         cfg.choices = choices  # which option of each group was composed: names the run and its row
     return cfg
+
+
+@contextmanager
+def outside_hydra_job() -> Iterator[None]:
+    """compose() inside a Hydra job too (a search's worker composes each trial): the job's own Hydra instance,
+    which refuses a second initialization, is set aside meanwhile and put back after."""
+    outer = Singleton._instances.pop(GlobalHydra, None)
+    try:
+        yield
+    finally:
+        if outer is not None:
+            GlobalHydra.set_instance(outer)
 
 
 def quote_target(overrides: list[str]) -> list[str]:
@@ -563,7 +579,7 @@ def group_options(group: str) -> list[str]:
 def valid_keys(key: str, other_overrides: list[str], config_name: str) -> list[str]:
     """The keys that do exist beside `key`, from the config composed without the offending override."""
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        with outside_hydra_job(), initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = hydra_compose(config_name, overrides=other_overrides)
     except (HydraException, OmegaConfBaseException):
         return []

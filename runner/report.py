@@ -13,6 +13,8 @@ and each run's metrics.jsonl, and writes, atomically, into the folder:
 - heatmap.png: lr x weight-decay panels per optimizer (Loshchilov & Hutter, arXiv:1711.05101, Figure 2: the good
   region of Adam-L2 is a diagonal, that of AdamW closer to axis-aligned), when the runs vary both;
 - time_to_target.png: time (seconds and epochs) to the run's trainer.target, when any run reached one;
+- parallel.png, importance.png and, for a search, history.png: every trial at a glance, whatever the number of
+  axes (runner/glance.py);
 - report.md: the tables, the plots, the status counts and the runs that have no results.
 
 A plot without data is skipped, and Report.skipped says why. Everything is deterministic: settings are sorted
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from runner import glance
 from runner.errors import UsageError
 from runner.render import METRIC_NAMES, markdown, metric_name, new_figure, save, wrapped
 from runner.results import RUN_COLUMNS, replaced_atomically, runs_table, write_text
@@ -69,9 +72,12 @@ FILES = {
     "curves": "curves.png",
     "heatmap": "heatmap.png",
     "time_to_target": "time_to_target.png",
+    "parallel": "parallel.png",
+    "importance": "importance.png",
+    "history": "history.png",
     "report": "report.md",
 }
-PLOTS = ("curves", "heatmap", "time_to_target")
+PLOTS = ("curves", "heatmap", "time_to_target", "parallel", "importance")  # history: a search's only
 CURVES_FIGSIZE = (12.0, 5.2)  # inches: the whole run, and its second half zoomed
 HEATMAP_COLUMNS = 4  # panels per row
 BEST_EDGE = "red"  # outline of each heatmap panel's best cell
@@ -90,6 +96,7 @@ class Report:
     missing: pd.DataFrame = field(default_factory=pd.DataFrame)
     setting: list[str] = field(default_factory=list)  # the columns that define a setting
     malformed: list[str] = field(default_factory=list)  # rows of runs.csv, lines of metrics.jsonl left out
+    importance: dict[str, float] = field(default_factory=dict)  # swept axis -> its importance, largest first
 
     @property
     def swept(self) -> list[str]:
@@ -823,7 +830,7 @@ def write_report(folder: str | Path, group_by: str = "optimizer") -> Report:
         "curves": lambda p: plot_curves(p, folder, runs, summary, best, setting, group_by),
         "heatmap": lambda p: plot_heatmap(p, summary, setting, group_by),
         "time_to_target": lambda p: plot_time_to_target(p, folder, runs, summary, best, setting, group_by),
-    }
+    } | at_a_glance(report, runs)
     for name, draw in drawn.items():
         why = draw(report.path(name))
         if why is None:
@@ -840,6 +847,26 @@ def write_report(folder: str | Path, group_by: str = "optimizer") -> Report:
     write_text(report.path("report"), report_md(report))
     report.written.append(report.path("report"))
     return report
+
+
+def at_a_glance(report: Report, runs: pd.DataFrame) -> dict:
+    """The plots of every trial across every swept axis (runner/glance.py); a search's history too."""
+    axes = display_columns(runs, report.setting)
+    split = "val" if runs["val_metric"].notna().any() else "test"
+    goal = first_filled(runs["goal"]) or guess_goal(first_filled(runs["metric"]))
+    label, title = metric_label(first_filled(runs["metric"]), split, goal), report.folder.name
+
+    def importance(path: Path) -> str | None:
+        why, report.importance = glance.plot_importance(path, runs, axes, split, goal, label, title)
+        return why
+
+    plots = {
+        "parallel": lambda p: glance.plot_parallel(p, runs, axes, split, label, title),
+        "importance": importance,
+    }
+    if "trial" in runs.columns and (runs["trial"] != "").any():
+        plots["history"] = lambda p: glance.plot_history(p, runs, split, goal, label, title)
+    return plots
 
 
 def tables_md(report: Report, which: str) -> str:
@@ -873,12 +900,20 @@ def report_md(report: Report) -> str:
                     "on test, which is biased: the test set both picks and scores the setting.")  # fmt: skip
     text += ["", tables_md(report, "best"), ""]
     for name, title in (("curves", "Learning curves"), ("heatmap", "Learning rate x weight decay"),
-                        ("time_to_target", "Time to target")):  # fmt: skip
+                        ("time_to_target", "Time to target"), ("parallel", "Every trial at a glance"),
+                        ("importance", "Parameter importance"), ("history", "Optimisation history")):  # fmt: skip
+        if name not in report.skipped and report.path(name) not in report.written:
+            continue  # not a plot of this kind of folder (a history: searches only)
         text += [f"## {title}", ""]
         if name in report.skipped:
             text += [f"Not drawn: {report.skipped[name]}.", ""]
         else:
             text += [f"![{title}]({FILES[name]})", ""]
+        if name == "importance" and report.importance:
+            text += [
+                markdown(["axis", "importance"], [[k, f"{v:.3f}"] for k, v in report.importance.items()]),
+                "",
+            ]
     text += ["## Every setting ([summary.csv](summary.csv))", "", tables_md(report, "summary"), ""]
     if report.malformed:
         text += [f"## Malformed entries, left out ({len(report.malformed)})", "",

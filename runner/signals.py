@@ -72,6 +72,23 @@ def deferred() -> Iterator[None]:
         raise Interrupted(signum) from None
 
 
+class JobStopped(Exception):
+    """A stop signal in a job a cluster scheduler runs (under submitit: scancel, preemption), raised as an
+    error: submitit records an Exception as the job's result, a KeyboardInterrupt as nothing, and where the
+    cluster has no accounting (no sacct) the launcher would then wait for that job for ever."""
+
+
+@contextmanager
+def stops_as_job_errors() -> Iterator[None]:
+    """Around a launcher job's work: under submitit, a stop signal leaves it as JobStopped."""
+    try:
+        yield
+    except KeyboardInterrupt as stop:
+        if not os.environ.get("SUBMITIT_EXECUTOR"):  # set in every job submitit starts
+            raise
+        raise JobStopped(str(stop) or "SIGINT") from None
+
+
 ORPHAN_POLL_S = 1.0  # seconds between a worker's looks at its parent
 ORPHAN_GRACE_S = 60.0  # seconds an orphaned worker's trial has to stop cleanly (its row, its checkpoint)
 _orphaned = threading.Event()

@@ -20,8 +20,10 @@ import hashlib
 import itertools
 import logging
 import os
+import socket
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -80,6 +82,11 @@ def leave_with_the_sweep() -> None:
 def trial(cfg: DictConfig) -> dict:
     """Hydra's task function: one trial, a normal run. Ended trials are skipped; it never raises but for a
     stop signal (which ends the sweep, as Ctrl-C does)."""
+    with signals.stops_as_job_errors():
+        return run_job(cfg)
+
+
+def run_job(cfg: DictConfig) -> dict:
     skip_final_collections()  # in a launcher's worker too
     leave_with_the_sweep()
     hydra = HydraConfig.get()
@@ -137,16 +144,20 @@ def failed_row(cfg: DictConfig, run_dir: Path, labels: dict, err: Exception) -> 
 
 @contextmanager
 def trial_lock(run_dir: Path, wait: bool = True) -> Iterator[bool]:
-    """One process at a time per trial (a lock beside the sweep's folders, released if its holder dies).
-    Yields whether this process holds it (always, when it waits for it)."""
+    """One process at a time per trial (a lock beside the sweep's folders, released if its holder dies; it
+    holds the holder's host and pid, to find the process that runs a trial). Yields whether this process
+    holds it (always, when it waits for it)."""
     lock_dir = run_dir.parent / ".locks"
     lock_dir.mkdir(exist_ok=True)
-    with open(lock_dir / f"{run_dir.name}.lock", "w") as lock:
+    with open(lock_dir / f"{run_dir.name}.lock", "a+") as lock:  # "w" would wipe the holder's pid
         try:
             fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
             return
+        lock.truncate(0)
+        lock.write(f"{socket.gethostname()} {os.getpid()}\n")
+        lock.flush()
         yield True
 
 
@@ -227,27 +238,46 @@ WARMING: list[threading.Thread] = []  # this process's warm-up, joined when the 
 
 
 def warm_workers(settings: dict, recipe: str, trials: int) -> set[int]:
-    """One warm-up for each worker that will get a trial, on the launcher's loky executor: their pids. None
-    when the trials would run in this process (one job) or none is left."""
+    """One warm-up on each of the launcher's loky workers: their pids. Each worker then watches the sweep (an
+    idle worker that never got a task would outlive a SIGKILLed sweep by loky's 300 s idle timeout); those that
+    will get a trial (as many as trials are left) also import what trials need. None when the trials would run
+    in this process (one job) or none is left."""
+    import tempfile
+
     from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
     from joblib import Parallel, delayed, effective_n_jobs
 
     settings = settings | {"backend": "loky"}  # as the launcher sets it
     process_joblib_cfg(settings)
-    workers = min(effective_n_jobs(settings["n_jobs"]), trials)
-    if workers < 2:
+    workers = effective_n_jobs(settings["n_jobs"])
+    if workers < 2 or not trials:
         return set()
-    return set(Parallel(**settings)(delayed(warm_up)(recipe) for _ in range(workers)))
+    with tempfile.TemporaryDirectory(prefix="adamrun-warm-") as arrived:
+        return set(Parallel(**settings)(
+            delayed(warm_up)(recipe if i < trials else None, arrived, workers) for i in range(workers)
+        ))  # fmt: skip
 
 
-def warm_up(recipe: str) -> int:
-    """What a worker imports before its first trial. It never raises: a failed task would make joblib kill
-    the executor's workers, trials included; the trials meet the same error and record it."""
+WARM_BARRIER_S = (
+    60.0  # seconds a warm-up waits for the others to arrive (a worker slower to start is not waited for)
+)
+
+
+def warm_up(recipe: str | None, arrived: str, workers: int) -> int:
+    """A worker's first task: watch the sweep, import what a trial of `recipe` needs (None: no trial will come
+    here), then wait until `workers` warm-ups have arrived, so that no worker takes two and each gets one. It
+    never raises: a failed task would make joblib kill the executor's workers, trials included; the trials meet
+    the same error and record it."""
     leave_with_the_sweep()
     try:
-        recipe_module(recipe)  # torch
-        import_frozen("torch._dynamo")  # torch.optim's, when it builds its first optimizer
-        import_frozen("runner.run")
+        Path(arrived, str(os.getpid())).touch()
+        if recipe is not None:
+            recipe_module(recipe)  # torch
+            import_frozen("torch._dynamo")  # torch.optim's, when it builds its first optimizer
+            import_frozen("runner.run")
+        deadline = time.monotonic() + WARM_BARRIER_S
+        while len(os.listdir(arrived)) < workers and time.monotonic() < deadline:
+            time.sleep(0.05)
     except Exception:  # noqa: BLE001
         logging.getLogger(__name__).debug("warming a worker failed:\n%s", traceback.format_exc())
     return os.getpid()
@@ -413,8 +443,14 @@ def hydra_settings(sweep: Sweep) -> list[str]:
         "+hydra.callbacks.warm_workers._target_=runner.sweep.WarmWorkers",  # joblib: workers start early
         f"+hydra.callbacks.warm_workers.trials={trials_left(sweep)}",
     ]
-    launcher = next((value_of(o) for o in sweep.overrides if key_of(o) == "hydra/launcher"), "")
-    given = {key_of(o) for o in sweep.overrides}
+    return settings + launcher_settings(sweep.overrides)
+
+
+def launcher_settings(overrides: list[str]) -> list[str]:
+    """The launcher's settings that adamrun's jobs need and the command line left out."""
+    settings = []
+    launcher = next((value_of(o) for o in overrides if key_of(o) == "hydra/launcher"), "")
+    given = {key_of(o) for o in overrides}
     if launcher == "submitit_local":  # it starts a whole batch at once: no more trials than cores
         settings += (
             []

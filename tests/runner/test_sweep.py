@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from omegaconf import OmegaConf
 
 from recipes.cifar10 import load_images
 from runner import results
-from runner.sweep import threads_per_trial, trial_dirname, warm_workers
+from runner.sweep import SWEEP_PID, threads_per_trial, trial_dirname, warm_workers
 from tests.conftest import REPO, adamrun, assert_one_line
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")  # the Debian package (make data)
@@ -346,14 +347,19 @@ def launcher_settings(n_jobs: int, **changed) -> dict:
     return {k: v for k, v in OmegaConf.to_container(launcher).items() if k != "_target_"}
 
 
-def launched_pids(settings: dict, tasks: int) -> set[int]:
-    """The processes that run `tasks` tasks of a Parallel made as hydra_joblib_launcher's launch() makes it."""
+def launched(settings: dict, task, tasks: int) -> set:
+    """What `tasks` calls of task(0.5) return, on a Parallel made as hydra_joblib_launcher's launch() makes it."""
     from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
     from joblib import Parallel, delayed
 
-    launched = settings | {"backend": "loky"}
-    process_joblib_cfg(launched)
-    return set(Parallel(**launched)(delayed(pid_after)(0.5) for _ in range(tasks)))
+    parallel = settings | {"backend": "loky"}
+    process_joblib_cfg(parallel)
+    return set(Parallel(**parallel)(delayed(task)(0.5) for _ in range(tasks)))
+
+
+def launched_pids(settings: dict, tasks: int) -> set[int]:
+    """The processes that run `tasks` tasks of the launcher's Parallel."""
+    return launched(settings, pid_after, tasks)
 
 
 def test_the_joblib_launcher_runs_its_trials_in_the_warmed_workers():
@@ -372,9 +378,28 @@ def test_a_failed_warm_up_leaves_the_workers_to_the_trials():
     assert warmed and warmed <= workers and launched_pids(settings, 4) == workers
 
 
-def test_only_workers_that_will_get_a_trial_are_warmed():
-    assert warm_workers(launcher_settings(n_jobs=2), "cifar10", trials=1) == set()  # it runs on either
+def worker_state(seconds: float) -> tuple[int, bool, bool]:
+    """(pid, whether it imported what a trial runs, whether it watches its sweep), after `seconds`."""
+    time.sleep(seconds)  # long enough that every worker takes a task
+    watching = any(t.name == "leave-with-parent" for t in threading.enumerate())
+    return os.getpid(), "runner.run" in sys.modules, watching  # this module imports torch already
+
+
+def test_every_worker_watches_the_sweep_and_only_those_with_a_trial_import_its_code(monkeypatch):
+    """One trial left on two workers: both get a warm-up (one each, never two on one), so both leave with a
+    SIGKILLed sweep, even the one that never gets a trial; only one pays a trial's imports."""
+    monkeypatch.setenv(SWEEP_PID, str(os.getpid()))  # the workers' parent is the sweep: this process
+    settings = launcher_settings(n_jobs=2, max_nbytes="5M")  # settings of its own: a new executor, cold
+    warmed = warm_workers(settings, "cifar10", trials=1)
+    states = launched(settings, worker_state, 2)
+    assert {pid for pid, _, _ in states} == warmed and len(warmed) == 2
+    assert all(watching for _, _, watching in states)
+    assert sorted(imported for _, imported, _ in states) == [False, True]
+
+
+def test_no_worker_is_warmed_where_trials_run_in_this_process_or_none_is_left():
     assert warm_workers(launcher_settings(n_jobs=1), "cifar10", trials=4) == set()  # in this process
+    assert warm_workers(launcher_settings(n_jobs=2), "cifar10", trials=0) == set()
 
 
 def test_the_validation_split_is_disjoint_stratified_and_the_same_for_every_run():
