@@ -138,12 +138,15 @@ def evaluate(
 
 
 def summary(task: Task, headway: Headway) -> dict:
-    """The run's numbers for its row: the last validation and test values of the recipe's metric."""
+    """The run's numbers for its row: the last validation and test values of the recipe's metric, the weights'
+    norm at the end, and whether NT-ASGD ever averaged (empty for other optimizers)."""
     last = {k: v for row in headway.history for k, v in row.items()}  # each key's latest value
     return {
         "val_metric": last.get(f"val_{task.metric.name}", ""),
         "test_metric": last.get(f"test_{task.metric.name}", ""),
         "epochs_run": headway.history[-1]["epoch"] if headway.history else 0,
+        "weight_norm": norm if math.isfinite(norm := optim.weight_norm(task.model)) else "",
+        "averaged": max((row["averaging"] for row in headway.history if "averaging" in row), default=""),
         **headway.reached,
     }
 
@@ -201,11 +204,11 @@ def fit(
         eval_s = time.perf_counter() - evaluated
         tally.evaluating += eval_s
         row |= {"train_s": train_s, "eval_s": eval_s, f"{task.unit}_per_s": tally.counted / train_s}
+        row |= optim.observe(optimizer, row)
         headway.history.append(row)
         if board is not None:
             for key, value in row.items():
                 board.add_scalar(key, value, row["step"])
-        optim.observe(optimizer, row)
         return row, status
 
     def save(optimizer, phase: int) -> None:
@@ -216,6 +219,8 @@ def fit(
 
     def outcome(status: str) -> Outcome:
         if board is not None:
+            if status != "interrupted":  # the run has ended: its settings and results, once
+                hparams(board, cfg, headway.history, status)
             board.close()
         headway.wall_s = wall_before + time.perf_counter() - segment_start
         return Outcome(status, headway.history, summary(task, headway), headway.wall_s)
@@ -347,6 +352,25 @@ def tensorboard(run_dir: Path, step: int):
             "logger=tensorboard needs the tensorboard package: pip install 'adamrun[tensorboard]'"
         ) from err
     return SummaryWriter(str(run_dir), purge_step=step or None, flush_secs=10)
+
+
+HPARAM_KEYS = ("optimizer", "optimizer.lr", "optimizer.weight_decay", "schedule", "trainer.epochs", "seed")
+HPARAM_TYPES = (bool, int, float, str)  # what TensorBoard's HParams take
+
+
+def hparams(board, cfg: DictConfig, history: list[dict], status: str) -> None:
+    """TensorBoard's HParams summary in the run's folder, so the HParams tab lays a sweep out, a run a row:
+    its main settings and every key its command line set (a sweep's axes), its last metrics and status."""
+    keys = [*HPARAM_KEYS, *(o.split("=", 1)[0].lstrip("+~") for o in cfg.overrides)]
+    choices = cfg.choices or {}
+    values = {
+        key: choices[key] if key in choices else OmegaConf.select(cfg, key, default=None) for key in keys
+    }
+    settings = {key: v for key, v in values.items() if isinstance(v, HPARAM_TYPES)} | {"status": status}
+    metrics = {
+        f"hparams/{k}": v for row in history for k, v in row.items() if k.startswith(("val_", "test_"))
+    }
+    board.add_hparams(settings, metrics, run_name=".")  # ".": this run's own folder, beside its scalars
 
 
 def train_mode(model: torch.nn.Module, phase: Phase) -> None:

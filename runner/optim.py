@@ -99,10 +99,23 @@ class NTASGD(torch.optim.ASGD):
                 p.data.copy_(current)
 
 
-def observe(optimizer: torch.optim.Optimizer, row: dict) -> None:
-    """Hand an evaluation to an optimizer that reacts to validation (NT-ASGD); others ignore it."""
-    if isinstance(optimizer, NTASGD) and "val_loss" in row:
+def observe(optimizer: torch.optim.Optimizer, row: dict) -> dict:
+    """Hand an evaluation to an optimizer that reacts to validation (NT-ASGD); others ignore it. Returns what
+    the row records of it: NT-ASGD's `averaging` (1 once its average runs), so a study can tell NT-ASGD that
+    triggered from plain SGD."""
+    if not isinstance(optimizer, NTASGD):
+        return {}
+    if "val_loss" in row:
         optimizer.observe(row["val_loss"])
+    return {"averaging": float(optimizer.averaging)}
+
+
+def weight_norm(model: torch.nn.Module) -> float:
+    """The L2 norm of every trainable parameter together: what weight decay shrinks (a study's check that decay
+    acts compares it across weight decays)."""
+    with torch.no_grad():
+        squares = [p.detach().float().pow(2).sum() for p in model.parameters() if p.requires_grad]
+        return float(torch.stack(squares).sum().sqrt()) if squares else 0.0
 
 
 def evaluation_weights(optimizer: torch.optim.Optimizer):

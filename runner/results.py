@@ -34,7 +34,7 @@ RUN_FILES = (
 RUN_COLUMNS = [
     "run_id", "status", "recipe", "data", "model", "optimizer", "schedule", "lr", "weight_decay", "epochs",
     "seed", "metric", "goal", "val_metric", "test_metric", "epochs_run", "time_to_target_s", "epochs_to_target",
-    "steps_to_target", "wall_s", "git_sha", "run_dir",
+    "steps_to_target", "weight_norm", "averaged", "wall_s", "git_sha", "run_dir",
 ]  # fmt: skip
 TERMINAL = ("finished", "diverged", "pruned")  # a run in one of these states has nothing left to do
 
@@ -228,7 +228,7 @@ def upsert_row(table: Path, row: dict) -> None:
 
 
 NUMERIC = ("lr", "weight_decay", "epochs", "seed", "val_metric", "test_metric", "epochs_run", "time_to_target_s",
-           "epochs_to_target", "steps_to_target", "wall_s")  # columns that hold a number, or nothing  # fmt: skip
+           "epochs_to_target", "steps_to_target", "weight_norm", "averaged", "wall_s")  # columns that hold a number, or nothing  # fmt: skip
 
 
 def read_table(

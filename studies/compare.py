@@ -1,11 +1,13 @@
 """Compare studies: does one optimizer (the contender) beat, match or give no gain over another (the
 baseline), each at its own best setting? (adamw_vs_adam, amsgrad, sgd_vs_adamw, lm_optimizers.)
 
-Runs: each arm's setting is the best validation cell of its lr x wd grid (seed 0), or its published setting
-when it has no grid; then fresh seeds at that setting, each reading the test set once, at its end. Judged:
-each of the study's tests (test metric or error, epochs or seconds to the target) by its rule (superiority, no
-gain or equivalence) on Welch's 95% interval of contender - baseline; every test must hold. Drawn: the test
-metric per seed with its mean and CI, beside the validation curves.
+Runs: each arm's setting is the best cell of its lr x wd grid (the mean validation metric over the grid
+seeds), or its published setting when it has no grid; then fresh seeds at that setting, added in looks (each
+run reads the test set once, at its end) until the comparison is decided, futile or at its cap. Judged: first
+the mechanism check (weight decay must act at the chosen settings; NT-ASGD must start averaging): failing, the
+study is "not tested at this budget"; then the claim's rule (superiority with the source's effect, no gain,
+non-inferiority) on the primary interval at the last look's level, with the time to a target beside it where
+the claim is one of speed. Drawn: the test metric per seed with its mean and CI, beside the validation curves.
 """
 
 from __future__ import annotations
@@ -14,12 +16,25 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from omegaconf import MISSING, OmegaConf
 
 from runner.config import check
 from runner.render import markdown, metric_name, new_figure, save, wrapped
 from studies import StudyKind
+from studies.looks import (
+    Check,
+    Mechanism,
+    Test,
+    claim_of,
+    compared,
+    crossings,
+    design_text,
+    mechanism_check,
+    not_tested,
+    seed_values,
+)
 from studies.section import (
     ACC_METRICS,
     Section,
@@ -33,20 +48,8 @@ from studies.section import (
     unit_name,
     values_text,
 )
-from studies.stats import (
-    INCONCLUSIVE,
-    MIN_SEEDS,
-    NOT_SUPPORTED,
-    SUPPORTED,
-    Estimate,
-    Verdict,
-    combine,
-    equivalence,
-    no_gain,
-    superiority,
-    t_quantile,
-    welch_rule,
-)
+from studies.sequential import Decision, Sequential, time_to_target
+from studies.stats import combine, t_quantile
 from studies.trials import (
     Choice,
     Context,
@@ -56,42 +59,31 @@ from studies.trials import (
     confirm_args,
     confirm_sweep,
     curve_rows,
+    frame,
     grid_args,
     number_text,
     run_rows,
 )
 
-RULES = ("superiority", "no_gain", "equivalence")
-TEST_METRICS = ("test_metric", "test_error", "epochs_to_target", "time_to_target_s")
-
 
 # ------------------------------------------------------------------------------------------------ config
 @dataclass
-class Test:
-    """One comparison of a study: contender - baseline on `metric`, judged by `rule`."""
+class Timing:
+    """ "A bit faster": epochs to a validation target, every confirmation run counted (censored if never)."""
 
-    metric: str = MISSING  # test_metric | epochs_to_target | time_to_target_s
-    better: str = MISSING  # higher | lower: which values of the metric are better
-    rule: str = MISSING  # superiority (contender better) | no_gain (contender no better) | equivalence
-    margin: float | None = None  # no_gain, equivalence: in the metric's units as shown (points, epochs)
-
-    def __post_init__(self) -> None:
-        check(
-            self.metric in TEST_METRICS,
-            "test.metric",
-            f"must be one of {', '.join(TEST_METRICS)}",
-            self.metric,
-        )
-        check(self.rule in RULES, "test.rule", f"must be one of {', '.join(RULES)}", self.rule)
-        check(self.better in ("higher", "lower"), "test.better", "must be higher or lower", self.better)
-        check(self.rule == "superiority" or (self.margin or 0) > 0, "test.margin", "must be > 0", self.margin)
+    target: float = (
+        MISSING  # validation metric as logged (accuracy: a fraction) whose first crossing is timed
+    )
+    better: str = "higher"  # which side of the target is reached
 
 
 @dataclass
 class CompareScale(ScaleBase):
     baseline: str = MISSING  # shared.arms
     contender: str = MISSING
-    tests: list[Test] = MISSING
+    test: Test = MISSING  # the claim's comparison, decided in looks
+    timing: Timing | None = None  # also: time to a target (a claim of speed), judged on the same seeds
+    mechanism: Mechanism = MISSING  # what must act at this budget for the test to test the claim
     relative: bool = MISSING  # also show the relative difference of the test error (L&H's "15% lower")
 
     def __post_init__(self) -> None:
@@ -106,112 +98,132 @@ class CompareScale(ScaleBase):
 
 # ------------------------------------------------------------------------------------------------ run
 def run_compare(ctx: Context) -> tuple[list[dict], list[dict], dict]:
-    scale, rows, curves, chosen = ctx.study.scale, [], [], {}
-    for name in (scale.baseline, scale.contender):
-        choice, grid = choose(ctx, name)
-        if grid is not None:
-            rows += run_rows(grid, ctx.study.name, name, "select")
-        folder = confirm_sweep(ctx, name, choice)
-        rows += run_rows(folder, ctx.study.name, name, "confirm")
-        curves += curve_rows(folder, ctx.study.name, name)
-        chosen[name] = {"lr": choice.lr, "weight_decay": choice.weight_decay, "cells": choice.cells}
-    tests = [OmegaConf.to_container(t) for t in scale.tests]
-    arms = {name: arm_info(ctx.arm(name)) for name in (scale.baseline, scale.contender)}
-    return (
-        rows,
-        curves,
-        {
-            "arms": arms,
-            "baseline": scale.baseline,
-            "contender": scale.contender,
-            "chosen": chosen,
-            "tests": tests,
-            "relative": scale.relative,
-        },
-    )
+    """Each arm's setting, then seeds look by look until the comparison stops (or at once, one look, when the
+    mechanism did not act: its verdict is "not tested", the look only shows the numbers)."""
+    scale, rows, chosen = ctx.study.scale, [], {}
+    arms, choices = (scale.baseline, scale.contender), {}
+    for name in arms:
+        choices[name], grid = choose(ctx, name)
+        rows += run_rows(grid, ctx.study.name, name, "select") if grid is not None else []
+        chosen[name] = {
+            "lr": choices[name].lr,
+            "weight_decay": choices[name].weight_decay,
+            "cells": choices[name].cells,
+        }
+    settings = {
+        "arms": {name: arm_info(ctx.arm(name)) for name in arms},
+        "baseline": scale.baseline,
+        "contender": scale.contender,
+        "chosen": chosen,
+        "test": OmegaConf.to_container(scale.test),
+        "timing": OmegaConf.to_container(scale.timing) if scale.timing else None,
+        "mechanism": OmegaConf.to_container(scale.mechanism),
+        "sequencing": ctx.sequencing,
+        "stages": ctx.stages,
+        "relative": scale.relative,
+    }
+    confirm, curves = [], []
+    for k in range(len(ctx.stages)):
+        for name in arms:
+            folder = confirm_sweep(ctx, name, choices[name], k)
+            confirm += run_rows(folder, ctx.study.name, name, "confirm")
+            curves += curve_rows(folder, ctx.study.name, name)
+        table = frame(rows + confirm)
+        if looks_of(table, settings).stop or not mechanism_check(settings["mechanism"], table, settings).held:
+            break
+    return rows + confirm, curves, settings
 
 
 def planned_sweeps(ctx: Context) -> list[tuple[str, list[str]]]:
-    """Each arm's grid (when it has one), then its seeds at the grid's first cell."""
+    """Each arm's grid (when it has one), then its first look's seeds at the grid's first cell."""
     scale, sweeps = ctx.study.scale, []
     for name in (scale.baseline, scale.contender):
         arm = ctx.arm(name)
         first_cell = Choice(number_text(arm.lr[0]), number_text(arm.weight_decay[0]), 1)
         sweeps += [(f"grid-{name}", grid_args(ctx, name))] if arm.searched else []
-        sweeps.append((f"seeds-{name}", confirm_args(ctx, name, first_cell)))
+        sweeps.append((f"seeds-{name}-look1", confirm_args(ctx, name, first_cell, ctx.stage_seeds(0))))
     return sweeps
 
 
 # ------------------------------------------------------------------------------------------------ verdict
-def metric_values(runs: pd.DataFrame, test: dict) -> pd.Series:
-    """The per-seed numbers a test compares, in report units (accuracy, error: points; others as they are)."""
+def labels_of(settings: dict) -> tuple[str, str]:
+    return tuple(settings["arms"][settings[role]]["label"] for role in ("baseline", "contender"))
+
+
+def unit_of(test: dict, metric: str) -> str:
+    return "points" if metric in ACC_METRICS else metric
+
+
+def looks_of(runs: pd.DataFrame, settings: dict) -> Sequential:
+    """The study's sequential comparison on the confirmation seeds its CSV holds."""
+    test, (base_label, cont_label) = settings["test"], labels_of(settings)
     metric = first(runs["metric"])
-    column = test["metric"]
-    if column == "test_error":
-        return 100 - points(runs["test_metric"], metric)
-    if column in ("test_metric", "val_metric"):
-        return points(runs[column], metric)
-    return runs[column]
+    claim = claim_of(test, f"{test['metric']} {cont_label} - {base_label}", unit_of(test, metric))
+    return compared(
+        seed_values(runs, settings["contender"], test),
+        seed_values(runs, settings["baseline"], test),
+        claim,
+        settings["sequencing"],
+        settings["stages"],
+    )
 
 
-def apply_test(
-    test: dict, baseline: pd.Series, contender: pd.Series, labels: tuple[str, str], unit: str
-) -> Verdict:
-    base, cont = baseline.dropna(), contender.dropna()
-    name = f"{test['metric']} {labels[1]} - {labels[0]}"
-    return welch_rule(cont, base, name, lambda diff: rule_of(test, diff, name, labels, unit))
+def timing_of(runs: pd.DataFrame, curves: pd.DataFrame, settings: dict, n: int) -> Decision | None:
+    """Epochs to the validation target over the first n seeds of each arm, every run counted."""
+    timing = settings.get("timing")
+    if not timing or n < 1:
+        return None
+    seeds = settings["sequencing"]["first_seed"] + np.arange(n)
+    runs_of = {
+        role: crossings(curves, settings[role], [int(s) for s in seeds], timing["target"], timing["better"])
+        for role in ("contender", "baseline")
+    }
+    base_label, cont_label = labels_of(settings)
+    return time_to_target(
+        runs_of["contender"],
+        runs_of["baseline"],
+        f"epochs to validation {timing['target']:g}, {cont_label} vs {base_label}",
+        "epochs",
+    ).decision
 
 
-def rule_of(test: dict, diff: Estimate, name: str, labels: tuple[str, str], unit: str) -> Verdict:
-    if test["rule"] == "superiority":
-        return superiority(diff, test["better"], name, unit)
-    signed = diff if test["better"] == "higher" else Estimate(-diff.value, -diff.high, -diff.low, diff.df)
-    if test["rule"] == "no_gain":
-        return no_gain(
-            signed, test["margin"], f"gain of {labels[1]} over {labels[0]} in {test['metric']}", unit
+def verdict_of(
+    runs: pd.DataFrame, curves: pd.DataFrame, settings: dict
+) -> tuple[Decision, Sequential, Check]:
+    mechanism = mechanism_check(settings["mechanism"], runs, settings)
+    looks = looks_of(runs, settings)
+    if not mechanism.held:
+        return not_tested(mechanism), looks, mechanism
+    decision = looks.decision
+    timed = timing_of(runs, curves, settings, looks.looks[-1].n if looks.looks else 0)
+    if timed is not None:
+        joined = combine([decision, timed], "both of")
+        decision = Decision(
+            joined.outcome, joined.rule, decision.seeds if joined.outcome == decision.outcome else None
         )
-    return equivalence(diff, test["margin"], name, unit)
-
-
-def metric_unit(test: dict, metric: str) -> str:
-    if test["metric"] in ("test_metric", "val_metric", "test_error"):
-        return "points" if metric in ACC_METRICS else metric
-    return {"epochs_to_target": "epochs", "time_to_target_s": "s"}.get(test["metric"], "")
+    return decision, looks, mechanism
 
 
 def analyze_compare(runs: pd.DataFrame, curves: pd.DataFrame, settings: dict) -> Section:
     base, cont = settings["baseline"], settings["contender"]
-    labels = (settings["arms"][base]["label"], settings["arms"][cont]["label"])
+    labels = labels_of(settings)
     metric = first(runs["metric"])
     confirm = {a: runs[(runs["arm"] == a) & (runs["role"] == "confirm")] for a in (base, cont)}
-    verdicts = []
-    for test in settings["tests"]:
-        done = {a: finished(confirm[a]) for a in (base, cont)}
-        values = {a: metric_values(done[a], test) for a in (base, cont)}
-        if test["metric"] in ("epochs_to_target", "time_to_target_s"):
-            verdicts.append(target_test(test, done, values, labels, metric_unit(test, metric), (base, cont)))
-        else:
-            verdicts.append(apply_test(test, values[base], values[cont], labels, metric_unit(test, metric)))
-    verdict = verdicts[0] if len(verdicts) == 1 else combine(verdicts, "every part")
-    left_out = {a: len(confirm[a]) - len(finished(confirm[a])) for a in (base, cont)}
-    if any(left_out.values()):  # a diverged or failed seed is not silently dropped
-        verdict = Verdict(
-            verdict.outcome,
-            f"{verdict.rule}; seeds that did not finish, left out: {labels[0]} {left_out[base]}, "
-            f"{labels[1]} {left_out[cont]}",
-        )
-    timed = runs["epochs_to_target"].notna().any()  # a study whose runs have a target shows the times to it
-    table = [compare_row(settings, a, runs, metric, timed) for a in (base, cont)]
+    verdict, looks, mechanism = verdict_of(runs, curves, settings)
+    timed = bool(settings.get("timing"))
+    table = [compare_row(settings, a, runs, metric) for a in (base, cont)]
     header = [
         "optimizer",
         "chosen on validation (lr, wd)",
         "grid cells",
-        f"best val, seed 0 ({unit_name(metric)})",
-        "seeds",
+        f"best mean val, grid seeds ({unit_name(metric)})",
+        "confirmation seeds run",
         f"test {metric_name(metric)} ({unit_name(metric)})",
     ]
-    header += ["epochs to target (runs that reached it)", "seconds to target"] if timed else []
-    body = [claim_line(settings), "", compare_design(settings, runs), "", markdown(header, table), ""]
+    body = [claim_line(settings), "", compare_design(settings), "", markdown(header, table), ""]
+    if mechanism.text:
+        body += [f"Mechanism check: {mechanism.text}: **{'held' if mechanism.held else 'failed'}**.", ""]
+    body += [looks_table(looks), ""] if looks.looks else []
     ours = "; ".join(
         f"{labels[i]} test {metric_name(metric)} {mean_std_text(points(finished(confirm[a])['test_metric'], metric))}"
         for i, a in enumerate((base, cont))
@@ -224,6 +236,8 @@ def analyze_compare(runs: pd.DataFrame, curves: pd.DataFrame, settings: dict) ->
             "",
         ]
         ours += f"; relative error difference {rel:+.1%}"
+    if timed:
+        ours += f"; epochs to validation {settings['timing']['target']:g} in the table"
     return Section(
         settings["study"],
         title(settings),
@@ -232,39 +246,29 @@ def analyze_compare(runs: pd.DataFrame, curves: pd.DataFrame, settings: dict) ->
         body,
         f"{settings['study']}.png",
         lambda path: plot_compare(path, runs, curves, settings),
+        p_value=looks.p_value if mechanism.held else None,
     )
 
 
-def target_test(
-    test: dict, done: dict, values: dict, labels: tuple[str, str], unit: str, arms: tuple[str, str]
-) -> Verdict:
-    """Time or epochs to target, over the runs that reached it; a run that never did is named, and a side
-    where most runs missed it makes the comparison inconclusive (the times of the others are biased low)."""
-    base, cont = arms
-    reached = {a: values[a].notna().sum() for a in arms}
-    total = {a: len(done[a]) for a in arms}
-    if reached[base] < total[base] or reached[cont] < total[cont]:
-        note = (
-            f"{test['metric']}: {labels[0]} reached the target in {reached[base]}/{total[base]} runs, "
-            f"{labels[1]} in {reached[cont]}/{total[cont]}"
-        )
-        if min(total.values()) < MIN_SEEDS:
-            return Verdict(INCONCLUSIVE, note + f"; fewer than {MIN_SEEDS} finished runs on a side")
-        if reached[cont] == total[cont] and reached[base] == 0:
-            return Verdict(
-                SUPPORTED if test["better"] == "lower" else NOT_SUPPORTED, note + " (only one side got there)"
-            )
-        if reached[base] == total[base] and reached[cont] == 0:
-            return Verdict(
-                NOT_SUPPORTED if test["better"] == "lower" else SUPPORTED, note + " (only one side got there)"
-            )
-        if (
-            min(reached.values()) < MIN_SEEDS
-            or reached[base] < total[base] / 2
-            or reached[cont] < total[cont] / 2
-        ):
-            return Verdict(INCONCLUSIVE, note + "; too few reached it to compare")
-    return apply_test(test, values[base], values[cont], labels, unit)
+def looks_table(looks: Sequential) -> str:
+    rows = [
+        [
+            str(look.k + 1),
+            str(look.n),
+            f"{look.level:.4%}",
+            f"{look.paired.value:+.3g} ({look.paired.low:+.3g} to {look.paired.high:+.3g})",
+            f"{look.welch.value:+.3g} ({look.welch.low:+.3g} to {look.welch.high:+.3g})",
+            look.decision.outcome,
+            f"{look.conditional_power:.0%}",
+            f"{look.refute_power:.0%}",
+        ]
+        for look in looks.looks
+    ]
+    return markdown(
+        ["look", "seeds per arm", "CI level", "paired difference (CI)", "Welch difference (CI)", "primary says",
+         "conditional power of support", "of refutation"],
+        rows,
+    )  # fmt: skip
 
 
 def relative_error(base: pd.DataFrame, cont: pd.DataFrame, metric: str) -> float:
@@ -272,56 +276,58 @@ def relative_error(base: pd.DataFrame, cont: pd.DataFrame, metric: str) -> float
     return 1 - err["c"] / err["b"] if err["b"] else math.nan
 
 
-def compare_row(settings: dict, arm: str, runs: pd.DataFrame, metric: str, timed: bool) -> list[str]:
+def compare_row(settings: dict, arm: str, runs: pd.DataFrame, metric: str) -> list[str]:
     chosen = settings["chosen"][arm]
     info = settings["arms"][arm]
     grid = finished(runs, arm=arm, role="select")
     confirm = runs[(runs["arm"] == arm) & (runs["role"] == "confirm")]
     done = finished(confirm)
-    best = points(grid["val_metric"], metric).max() if not grid.empty else math.nan
-    reached = done["epochs_to_target"].notna().sum()
-    seeds = ", ".join(str(s) for s in sorted(done["seed"], key=int))
-    status = "" if len(done) == len(confirm) else f" ({len(confirm) - len(done)} not finished)"
-    row = [
+    cells = (
+        grid.groupby(["lr", "weight_decay"])["val_metric"].mean()
+        if not grid.empty
+        else pd.Series(dtype=float)
+    )
+    best = float(points(cells, metric).max()) if len(cells) else math.nan
+    status = "" if len(done) == len(confirm) else f" ({len(confirm) - len(done)} diverged or failed)"
+    return [
         info["label"],
         f"{chosen['lr']}, {chosen['weight_decay']} ({info['wd_name']})",
         str(chosen["cells"]),
         "" if math.isnan(best) else f"{best:.2f}",
-        seeds + status,
+        f"{len(confirm)}{status}",
         mean_std_text(points(done["test_metric"], metric)),
     ]
-    if timed:
-        row += [
-            f"{mean_std_text(done['epochs_to_target'])} ({reached}/{len(done)})",
-            mean_std_text(done["time_to_target_s"], 1),
-        ]
-    return row
 
 
-def compare_design(settings: dict, runs: pd.DataFrame) -> str:
+def compare_design(settings: dict) -> str:
     parts = []
     for arm in (settings["baseline"], settings["contender"]):
         info, chosen = settings["arms"][arm], settings["chosen"][arm]
         how = (
-            f"grid lr {values_text(info['lr'])} x {info['wd_name']} {values_text(info['weight_decay'])}, seed 0, "
-            "best validation metric"
+            f"grid lr {values_text(info['lr'])} x {info['wd_name']} {values_text(info['weight_decay'])}, each cell "
+            "with every grid seed, best mean validation metric"
             if chosen["cells"] > 1
             else "its published setting (not searched)"
         )
         parts.append(f"{info['label']} (`{' '.join(info['overrides'])}`): {how}")
+    test = settings["test"]
+    rule = test["rule"] + (f", margin {test['margin']:g}" if test.get("margin") else "")
+    rule += f", the source's effect {test['effect']:+g}" if test.get("effect") is not None else ""
+    timing = settings.get("timing")
     return (
         "Design: "
         + "; ".join(parts)
-        + f". Then seeds {values_text(settings['seeds'])} at each chosen setting, "
-        "each reading the test set once at its end. Tests: "
-        + "; ".join(test_text(t) for t in settings["tests"])
+        + f". Then {design_text(settings['sequencing'], settings['stages'])}; each "
+        f"run reads the test set once at its end. Test: {test['metric']} ({rule}, {test['better']} is better)"
+        + (f"; a diverged run counts as {test['diverged']:g}" if test.get("diverged") is not None else "")
+        + (
+            f"; and epochs to validation {timing['target']:g} (interpolated between evaluations, a run that never "
+            "reaches it slower than every one that does), on the same seeds"
+            if timing
+            else ""
+        )
         + "."
     )
-
-
-def test_text(test: dict) -> str:
-    margin = f", margin {test['margin']:g}" if test.get("margin") else ""
-    return f"{test['metric']} ({test['rule']}{margin}, {test['better']} is better)"
 
 
 # ------------------------------------------------------------------------------------------------ figure

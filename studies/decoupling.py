@@ -1,11 +1,13 @@
 """Decoupling studies: does decoupled weight decay free the best weight decay from the learning rate, where L2
 ties them together? (Loshchilov & Hutter, arXiv:1711.05101, Figure 2.)
 
-Runs: an lr x wd grid per arm (seed 0, read on validation), and optionally the decoupled arm's best cell once
-more in torch's convention (wd = lambda / lr), which must be the same training. Judged: per lr row, where the
-good weight decays are (the best wd, or the upper edge of the good region), then the slope of log10(wd) on
-log10(lr) with its 95% CI: the decoupled slope must exceed the coupled one and be flat within the margin.
-Drawn: each grid as a heat map of the validation metric, with the per-lr measure and its fit.
+Runs: an lr x wd grid per arm, every cell with each grid seed (replicates), read on validation; optionally the
+decoupled arm's best cell once more in torch's convention (wd = lambda / lr), which must be the same training.
+Judged: first the mechanism (weight decay acts at both verdict arms' best cells), then per seed and lr row where
+the good weight decays are (the best wd, or the upper edge of the good region), and the slope of log10(wd) on
+log10(lr) over every such row with its 95% CI: the decoupled slope must exceed the coupled one and be flat within
+the margin, at every good-region threshold the config states in advance. Drawn: each grid as a heat map of the
+mean validation metric, with the per-row measure and its fit.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 from runner.config import check
 from runner.render import markdown, metric_name, new_figure, save, wrapped
 from runner.sweep import key_of
 from studies import StudyKind
+from studies.looks import Mechanism, mechanism_check, not_tested
 from studies.section import (
     Section,
     claim_line,
@@ -33,8 +36,11 @@ from studies.section import (
     unit_name,
     values_text,
 )
+from studies.sequential import Decision
 from studies.stats import (
     INCONCLUSIVE,
+    NOT_SUPPORTED,
+    SUPPORTED,
     Slope,
     Verdict,
     combine,
@@ -69,15 +75,19 @@ class DecouplingScale(ScaleBase):
     torch_view: bool = MISSING  # redraw the decoupled arm in torch's convention (wd = lambda / lr)
     torch_check: bool = MISSING  # run the decoupled arm's best cell once in torch's convention
     measure: str = MISSING  # what the verdict reads: edge (of the good region) | best (argmax wd)
-    drop: float = MISSING  # accuracy points below a row's best where its good region ends
+    drops: list[float] = MISSING  # accuracy points below a row's best where its good region ends: the verdict
+    # must hold at every one (the table and figure show the first)
     margin: float = MISSING  # decades of wd per decade of lr
+    mechanism: Mechanism = MISSING  # weight decay must act at each verdict arm's best cell
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check(
             self.measure in MEASURES, "study.measure", f"must be one of {', '.join(MEASURES)}", self.measure
         )
-        check(self.drop > 0, "study.drop", "must be > 0", self.drop)
+        check(
+            len(self.drops) > 0 and all(d > 0 for d in self.drops), "study.drops", "must be > 0", self.drops
+        )
         check(self.margin > 0, "study.margin", "must be > 0", self.margin)
 
 
@@ -113,10 +123,22 @@ def run_decoupling(ctx: Context) -> tuple[list[dict], list[dict], dict]:
             "torch_view": scale.torch_view,
             "margin": scale.margin,
             "measure": scale.measure,
-            "drop": scale.drop,
+            "drops": list(scale.drops),
+            "drop": scale.drops[0],
+            "mechanism": OmegaConf.to_container(scale.mechanism),
+            "chosen": chosen_cells(ctx, [scale.coupled, scale.decoupled]),
             **extra,
         },
     )
+
+
+def chosen_cells(ctx: Context, names: list[str]) -> dict:
+    """Each arm's best grid cell (mean validation over the grid seeds): where the mechanism check reads."""
+    out = {}
+    for name in names:
+        choice, _ = choose(ctx, name)
+        out[name] = {"lr": choice.lr, "weight_decay": choice.weight_decay, "cells": choice.cells}
+    return out
 
 
 def torch_check(ctx: Context, name: str) -> dict:
@@ -132,6 +154,7 @@ def torch_check(ctx: Context, name: str) -> dict:
             "optimizer.decay_mode=torch",
             f"optimizer.lr={choice.lr}",
             f"optimizer.weight_decay={wd!r}",
+            f"seed={ctx.grid_seeds[0]}",  # the grid run it must equal: the same init and data order
         ],
     )
     rows = run_rows(folder, ctx.study.name, name, "torch_check")
@@ -157,7 +180,7 @@ class Ridge:
 
 
 def wd_measures(grid: pd.DataFrame, goal: str, drop: float) -> pd.DataFrame:
-    """For each lr row (log10 wd throughout):
+    """For each grid seed and lr row (log10 wd throughout):
 
     - best: the wd of the best validation metric, refined by a parabola through the best cell and its two
       neighbours (within half a cell), so it is not stuck on the grid; best_at_edge when that cell is the grid's
@@ -171,7 +194,7 @@ def wd_measures(grid: pd.DataFrame, goal: str, drop: float) -> pd.DataFrame:
     out = []
     sign = -1 if goal == "min" else 1
     metric = first(grid["metric"]) if "metric" in grid else ""
-    for lr, row in grid.groupby("lr", sort=True):
+    for (seed, lr), row in grid.groupby(["seed", "lr"], sort=True):
         row = row[row["weight_decay"] > 0].sort_values("weight_decay")
         if row.empty:
             continue
@@ -180,6 +203,7 @@ def wd_measures(grid: pd.DataFrame, goal: str, drop: float) -> pd.DataFrame:
         i = int(y.argmax())
         out.append(
             {
+                "seed": seed,
                 "lr": lr,
                 "best": refined_best(x, y, i),
                 "best_at_edge": i in (0, len(x) - 1),
@@ -187,7 +211,7 @@ def wd_measures(grid: pd.DataFrame, goal: str, drop: float) -> pd.DataFrame:
                 "best_val": sign * y[i],
             }
         )
-    return pd.DataFrame(out, columns=["lr", "best", "best_at_edge", "edge", "censored", "best_val"])
+    return pd.DataFrame(out, columns=["seed", "lr", "best", "best_at_edge", "edge", "censored", "best_val"])
 
 
 def refined_best(x, y, i: int) -> float:
@@ -215,12 +239,12 @@ def fit_rows(rows: pd.DataFrame, measure: str):
     return slope(usable["lr"].map(math.log10), usable[measure]) if len(usable) >= 3 else None
 
 
-def ridges(runs: pd.DataFrame, settings: dict) -> list[Ridge]:
+def ridges(runs: pd.DataFrame, settings: dict, drop: float) -> list[Ridge]:
     found = []
     for arm, info in settings["arms"].items():
         grid = finished(runs, arm=arm, role="select")
         goal = grid["goal"].iloc[0] if not grid.empty else "max"
-        rows = wd_measures(grid, goal, settings["drop"])
+        rows = wd_measures(grid, goal, drop)
         found.append(Ridge(arm, info["label"], rows, {m: fit_rows(rows, m) for m in MEASURES}))
     return found
 
@@ -239,27 +263,55 @@ def slope_text(fit) -> str:
     return "fewer than 3 usable lr rows" if fit is None else fit.estimate().text()
 
 
-def analyze_decoupling(runs: pd.DataFrame, curves: pd.DataFrame, settings: dict) -> Section:
-    found = {r.arm: r for r in ridges(runs, settings)}
+def verdict_at(found: dict, settings: dict) -> Verdict:
+    """The slope rule at one good-region threshold: the decoupled slope above the coupled one, and flat."""
     coupled, decoupled = found[settings["coupled"]], found[settings["decoupled"]]
-    shown = list(found.values()) + ([torch_ridge(decoupled)] if settings["torch_view"] else [])
     measure, margin = settings["measure"], settings["margin"]
     if coupled.fit(measure) is None or decoupled.fit(measure) is None:
-        verdict = Verdict(INCONCLUSIVE, f"needs 3+ lr rows with a known {MEASURES[measure]} in both grids")
-    else:
-        unit = "decades of wd per decade of lr"
-        moves = superiority(
-            slope_difference(decoupled.fit(measure), coupled.fit(measure)),
-            "higher",
-            f"slope({decoupled.label}) - slope({coupled.label}) of the {MEASURES[measure]}, in {unit}",
-        )
-        flat = equivalence(
-            decoupled.fit(measure).estimate(),
-            margin,
-            f"slope({decoupled.label}) of the {MEASURES[measure]}",
-            unit,
-        )
-        verdict = combine([moves, flat], "both of")
+        return Verdict(INCONCLUSIVE, f"needs 3+ rows with a known {MEASURES[measure]} in both grids")
+    unit = "decades of wd per decade of lr"
+    moves = superiority(
+        slope_difference(decoupled.fit(measure), coupled.fit(measure)),
+        "higher",
+        f"slope({decoupled.label}) - slope({coupled.label}) of the {MEASURES[measure]}, in {unit}",
+    )
+    flat = equivalence(
+        decoupled.fit(measure).estimate(),
+        margin,
+        f"slope({decoupled.label}) of the {MEASURES[measure]}",
+        unit,
+    )
+    return combine([moves, flat], "both of")
+
+
+def every_threshold(verdicts: dict[float, Verdict]) -> Decision:
+    """Supported only if the rule holds at every threshold stated in advance; not supported only if it fails
+    at every one; else inconclusive (the answer depends on a knob)."""
+    outcomes = {v.outcome for v in verdicts.values()}
+    outcome = (
+        SUPPORTED
+        if outcomes == {SUPPORTED}
+        else NOT_SUPPORTED
+        if outcomes == {NOT_SUPPORTED}
+        else INCONCLUSIVE
+    )
+    rule = "at every good-region threshold stated in advance: " + "; ".join(
+        f"[{drop:g} points below the row's best] {v.rule} -> {v.outcome}" for drop, v in verdicts.items()
+    )
+    return Decision(outcome, rule)
+
+
+def analyze_decoupling(runs: pd.DataFrame, curves: pd.DataFrame, settings: dict) -> Section:
+    found = {r.arm: r for r in ridges(runs, settings, settings["drop"])}
+    coupled, decoupled = found[settings["coupled"]], found[settings["decoupled"]]
+    shown = list(found.values()) + ([torch_ridge(decoupled)] if settings["torch_view"] else [])
+    measure = settings["measure"]
+    per_drop = {
+        drop: verdict_at({r.arm: r for r in ridges(runs, settings, drop)}, settings)
+        for drop in settings["drops"]
+    }
+    mechanism = mechanism_check(settings["mechanism"], runs, settings)
+    verdict = every_threshold(per_drop) if mechanism.held else not_tested(mechanism)
     body = [claim_line(settings), "", decoupling_design(runs, settings), "", grid_lines(settings), ""]
     table = [
         [
@@ -286,6 +338,7 @@ def analyze_decoupling(runs: pd.DataFrame, curves: pd.DataFrame, settings: dict)
     ]
     if "torch_check" in settings:
         body += [torch_check_line(runs, settings), ""]
+    body += [f"Mechanism check: {mechanism.text}: **{'held' if mechanism.held else 'failed'}**.", ""]
     ours = "; ".join(
         f"{r.label}: slope of the {MEASURES[measure]} {slope_text(r.fit(measure))}"
         for r in (coupled, decoupled)
@@ -303,21 +356,23 @@ def analyze_decoupling(runs: pd.DataFrame, curves: pd.DataFrame, settings: dict)
 
 def decoupling_design(runs: pd.DataFrame, settings: dict) -> str:
     return (
-        f"Design: an lr x weight-decay grid per optimizer, seed 0, each trial scored on the validation split "
-        f"({n_runs(runs, 'select')} runs). Per lr row, two measures of where the good weight decays are: the best "
+        "Design: an lr x weight-decay grid per optimizer, each cell with every grid seed, each trial scored on the "
+        f"validation split ({n_runs(runs, 'select')} runs). Per seed and lr row, two measures of where the good weight decays are: the best "
         "wd (argmax, refined by a parabola through its neighbours), and the upper edge of the good region (the wd "
         f"at which the accuracy first falls {settings['drop']:.1f} points below the row's best; rows where it never "
         "does are censored and left out of the fit). Then the least-squares slope of log10(wd) on log10(lr) with "
         "its 95% t interval: 0 means the good region stays put when the lr moves (decoupled), -1 that it moves as "
         f"1 / lr (only lr x wd matters). The verdict reads the {MEASURES[settings['measure']]}: at a budget of a "
         "few epochs the accuracy is nearly flat in wd until decay starts to hurt, so the argmax mostly measures "
-        "noise; the edge is where the grid has signal."
+        "noise; the edge is where the grid has signal. The verdict must hold at every threshold of "
+        f"{', '.join(f'{d:g}' for d in settings['drops'])} points (the table shows the first)."
     )
 
 
 def per_lr(rows: pd.DataFrame, column: str, flag: str, note: str) -> str:
     return "; ".join(
-        f"{r['lr']:g}: {10 ** r[column]:.2g}{f' ({note})' if r[flag] else ''}" for _, r in rows.iterrows()
+        f"s{r['seed']} {r['lr']:g}: {10 ** r[column]:.2g}{f' ({note})' if r[flag] else ''}"
+        for _, r in rows.iterrows()
     )
 
 
@@ -326,8 +381,9 @@ def torch_check_line(runs: pd.DataFrame, settings: dict) -> str:
     paper = finished(runs, arm=settings["decoupled"], role="select")
     paper = paper[(paper["lr"] == float(check_["lr"])) & (paper["weight_decay"] == float(check_["lambda"]))]
     torch_run = finished(runs, role="torch_check")
+    paper = paper[paper["seed"].isin(torch_run["seed"])]  # the same seed (an older check ran seed 0: no pair)
     if paper.empty or torch_run.empty:
-        return "Torch-convention check: not finished."
+        return "Torch-convention check: not finished (no grid run of the check's seed)."
     a, b = paper["val_metric"].iloc[0], torch_run["val_metric"].iloc[0]
     return (
         f"Torch-convention check: the best {settings['decoupled']} cell (lr {check_['lr']}, λ {check_['lambda']}) run "
@@ -352,6 +408,16 @@ def n_runs(runs: pd.DataFrame, role: str | None = None) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ figure
+def cell_means(grid: pd.DataFrame) -> pd.DataFrame:
+    """Per (lr, wd) cell: the mean validation metric of its seeds, and whether every seed finished."""
+    grid = grid.assign(done=grid["status"] == "finished")
+    return (
+        grid.groupby(["lr", "weight_decay"])
+        .agg(val_metric=("val_metric", "mean"), finished=("done", "all"))
+        .reset_index()
+    )
+
+
 def plot_decoupling(path: Path, runs: pd.DataFrame, shown: list[Ridge], settings: dict) -> None:
     import matplotlib
     from matplotlib.colors import Normalize
@@ -368,10 +434,10 @@ def plot_decoupling(path: Path, runs: pd.DataFrame, shown: list[Ridge], settings
     image = None
     for ax, ridge in zip(axes, shown, strict=True):
         arm = ridge.arm.removesuffix("_torch")
-        grid = runs[(runs["arm"] == arm) & (runs["role"] == "select")]
+        grid = cell_means(runs[(runs["arm"] == arm) & (runs["role"] == "select")])
         wd = grid["weight_decay"] / (grid["lr"] if ridge.arm.endswith("_torch") else 1)
-        done = grid["status"] == "finished"
-        score = points(grid["val_metric"], first(grid["metric"]))
+        done = grid["finished"]
+        score = points(grid["val_metric"], first(every["metric"]))
         image = ax.scatter(wd[done], grid["lr"][done], c=score[done], cmap=cmap, norm=norm, marker="s", s=420)
         ax.scatter(wd[~done], grid["lr"][~done], marker="x", color="red", s=60, label="diverged / failed")
         for x, y, v in zip(wd[done], grid["lr"][done], score[done], strict=True):
@@ -417,7 +483,7 @@ def plot_decoupling(path: Path, runs: pd.DataFrame, shown: list[Ridge], settings
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     bar = fig.colorbar(image, ax=list(axes), shrink=0.85, extend="min")
     bar.set_label(
-        f"validation {metric_name(first(every['metric']))} ({unit_name(first(every['metric']))}), seed 0"
+        f"validation {metric_name(first(every['metric']))} ({unit_name(first(every['metric']))}), mean of the grid seeds"
     )
     fig.suptitle(
         wrapped(

@@ -41,6 +41,8 @@ from studies.trials import (
     Plan,
     Shared,
     Study,
+    first_seed_of,
+    grid_seeds_of,
     merged,
     write_settings,
     write_table,
@@ -64,8 +66,15 @@ class Untested:
 
 
 @dataclass
+class Replicate:
+    study: str = MISSING  # a study of `studies`, run again ...
+    first_seed: int = MISSING  # ... on confirmation seeds from here: disjoint from the study's own
+
+
+@dataclass
 class ReproduceConfig:
     studies: list[str] = MISSING  # `adamrun reproduce` runs these, in this order
+    replicate: Replicate = MISSING  # then this one again on other seeds: does its verdict hold?
     scale: str = MISSING
     out_dir: str = MISSING
     work_dir: str = MISSING
@@ -95,11 +104,14 @@ def plan(arguments: list[str]) -> Plan:
     settings = load_settings()
     scale = own.get("scale", settings.scale)
     check(scale in settings.scales, "scale", f"must be one of {', '.join(settings.scales)}", scale)
-    names = settings.studies if own.get("study", "all") == "all" else [own["study"]]
+    asked, replica_name = own.get("study", "all"), f"{settings.replicate.study}_replica"
+    names = (
+        settings.studies if asked == "all" else [settings.replicate.study if asked == replica_name else asked]
+    )
     for name in names:
         if name not in group_options("study"):
             raise UsageError(
-                f"unknown study '{name}'; valid choices: all, {', '.join(group_options('study'))}"
+                f"unknown study '{name}'; valid choices: all, {', '.join(group_options('study'))}, {replica_name}"
             )
     shared_node = apply_overrides(
         OmegaConf.create(OmegaConf.to_container(settings.scales[scale])),
@@ -112,11 +124,29 @@ def plan(arguments: list[str]) -> Plan:
         load_study(name, scale, [a for a in config_overrides if key_of(a).startswith("study.")])
         for name in names
     ]
+    if asked == "all":
+        studies.append(replica(settings.replicate, scale, shared, studies))
+    elif asked == replica_name:  # the replica alone (its grids are the original's: only its seeds are new)
+        studies = [replica(settings.replicate, scale, shared, studies)]
     for study in studies:
         check_arms(study, shared)
+        check_seeds(study, shared)
     out_dir = Path(own.get("out_dir", settings.out_dir)).expanduser().resolve()
     work_dir = Path(own.get("work_dir", settings.work_dir)).expanduser().resolve()
     return Plan(settings, scale, shared, studies, extra, config_overrides, out_dir, work_dir)
+
+
+def replica(replicate: Replicate, scale: str, shared: Shared, studies: list[Study]) -> Study:
+    """The replicated study: the same config on confirmation seeds from replicate.first_seed, which must not
+    meet the study's own."""
+    original = next((s for s in studies if s.name == replicate.study), None)
+    check(original is not None, "replicate.study", "must be one of studies", replicate.study)
+    own = original.scale.first_seed or shared.sequential.first_seed
+    cap = (original.scale.stages or shared.sequential.stages)[-1]
+    check(abs(replicate.first_seed - own) >= cap, "replicate.first_seed",
+          f"must be {cap}+ away from the study's own first seed {own}: the seed sets are disjoint", replicate.first_seed)  # fmt: skip
+    copy = load_study(replicate.study, scale, [f"study.first_seed={replicate.first_seed}"])
+    return Study(f"{replicate.study}_replica", copy.cfg, copy.scale, replica_of=replicate.study)
 
 
 def load_yaml(path: Path) -> DictConfig:
@@ -165,13 +195,12 @@ def load_study(name: str, scale: str, overrides: list[str]) -> Study:
     check(kind in KINDS, f"{path.name}: kind", f"must be one of {', '.join(KINDS)}", kind)
     scales = node.get("scales") or {}
     check(scale in scales, f"{path.name}: scales", f"must have a '{scale}' block", list(scales))
-    block = OmegaConf.create(OmegaConf.to_container(scales[scale]))
-    block = apply_overrides(block, overrides, "study", f" (study {name})")
+    where, schema = f"{path.name} {scale}", kinds()[kind].scale
+    block = typed(OmegaConf.create(OmegaConf.to_container(scales[scale])), schema, where)  # every schema key
+    block = typed(apply_overrides(block, overrides, "study", f" (study {name})"), schema, where)
     meta = OmegaConf.masked_copy(node, [k for k in node if k != "scales"])
     meta.scales = {}
-    return Study(
-        name, typed(meta, StudyConfig, path.name), typed(block, kinds()[kind].scale, f"{path.name} {scale}")
-    )
+    return Study(name, typed(meta, StudyConfig, path.name), block)
 
 
 BASE_KEYS = ("data.train_limit", "data.val_size", "trainer.epochs", "optimizer.decay_mode")  # the base sweep
@@ -197,6 +226,13 @@ def check_arms(study: Study, shared: Shared) -> None:
             shared.arms[arm].base,
         )
     kind.check(study, shared)
+
+
+def check_seeds(study: Study, shared: Shared) -> None:
+    """A study's confirmation seeds are fresh: above every seed its grids ran."""
+    grids, first = grid_seeds_of(study, shared), first_seed_of(study, shared)
+    check(first > max(grids), f"study {study.name}: first_seed",
+          f"must be above every grid seed ({max(grids)}): confirmation seeds are fresh", first)  # fmt: skip
 
 
 def first_trial(overrides: list[str]) -> list[str]:
@@ -243,17 +279,15 @@ def run(plan: Plan, echo: Callable[[str], None] = print, report: bool = True) ->
 
 
 def run_study(plan: Plan, study: Study, echo: Callable[[str], None]) -> None:
-    started, load = time.perf_counter(), os.getloadavg()[0]
-    ctx = Context(plan, study, echo)
+    clock = Clock(plan.work_dir / f"{study.name}-{plan.scale}.timing.json")
+    ctx = Context(plan, study, echo, tick=clock.tick)
     echo(
         f"study {study.name} ({plan.scale}; about {study.scale.minutes:g} min on 2 idle cores): {study.cfg.claim}"
     )
     rows, curves, details = kinds()[study.cfg.kind].run(ctx)
-    timing = add_time(
-        plan.work_dir / f"{study.name}-{plan.scale}.timing.json",
-        time.perf_counter() - started if ctx.trained else 0.0,
-        load,
-    )
+    if ctx.trained:
+        clock.tick()  # the analysis between the sweeps
+    timing = clock.timing()
     out = plan.out_dir
     write_table(out / f"{study.name}_runs.csv", rows, RUN_COLUMNS)
     write_table(out / f"{study.name}_curves.csv", curves, CURVE_COLUMNS)
@@ -261,14 +295,112 @@ def run_study(plan: Plan, study: Study, echo: Callable[[str], None]) -> None:
     echo(f"study {study.name}: done in {timing['wall_s'] / 60:.1f} min ({timing['segments']} segment(s))")
 
 
-def add_time(path: Path, seconds: float, load: float) -> dict:
-    """The study's wall time over the segments that trained (a resumed study adds to it; a study found done
-    adds nothing), with the load average at the start of the first."""
-    timing = json.loads(path.read_text()) if path.exists() else {"wall_s": 0.0, "segments": 0, "load": load}
-    if seconds or not path.exists():
-        timing |= {"wall_s": round(timing["wall_s"] + seconds, 1), "segments": timing["segments"] + 1}
-        results.write_json(path, timing)
-    return timing
+class Clock:
+    """A study's wall and CPU time in its timing file, added after every sweep that trained (also one that a
+    signal stopped) and at the segment's end: a study killed and resumed loses at most the sweep it was in.
+    A segment that finds everything done adds nothing; the load average is the first segment's at its start.
+    CPU counts the whole process tree (the sweeps' joblib workers live across studies); a timing file begun by
+    a clock that counted only ended children says so (`cpu_tree` false), and the report shows no CPU for it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.load, self.segment_counted = path, os.getloadavg()[0], False
+        self.mark = (time.perf_counter(), cpu_seconds())
+
+    def tick(self) -> None:
+        now = (time.perf_counter(), cpu_seconds())
+        timing = self.timing()
+        timing |= {
+            "wall_s": round(timing["wall_s"] + now[0] - self.mark[0], 1),
+            "cpu_s": round(timing.get("cpu_s", 0.0) + now[1] - self.mark[1], 1),
+            "segments": timing["segments"] + (0 if self.segment_counted else 1),
+            "cpu_tree": timing.get("cpu_tree", False),
+        }
+        results.write_json(self.path, timing)
+        self.mark, self.segment_counted = now, True
+
+    def timing(self) -> dict:
+        if not self.path.exists():
+            return {"wall_s": 0.0, "cpu_s": 0.0, "segments": 0, "load": self.load, "cpu_tree": True}
+        return json.loads(self.path.read_text())
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process, of its children that ended, and of its descendants still alive (the
+    sweeps' worker processes, which outlive a study): a delta of two readings is what the tree spent between."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    ended = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return ended + sum(living_cpu_seconds(os.getpid()))
+
+
+def living_cpu_seconds(root: int) -> list[float]:
+    """CPU seconds (own and of reaped children) of each live descendant of `root`, read from /proc (Linux;
+    elsewhere none are seen, and CPU counts ended children only)."""
+    parents: dict[int, int] = {}
+    spent: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # ended while read
+            continue
+        pid = int(stat.parent.name)
+        parents[pid] = int(fields[1])  # ppid; utime, stime, cutime, cstime are fields 14-17 of stat
+        spent[pid] = sum(int(f) for f in fields[11:15]) / tick
+    tree, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, ppid in parents.items() if ppid in frontier} - tree
+        tree |= frontier
+    return [spent[pid] for pid in tree]
+
+
+def rules_at(commit: str, settings: dict) -> tuple[dict, dict]:
+    """(the study's block, the shared sequential design) as conf/study/ and conf/reproduce.yaml held them at
+    `commit`, typed as a run types them: what a study's settings must have been judged by."""
+    import subprocess
+
+    def shown(path: str) -> DictConfig:
+        done = subprocess.run(["git", "show", f"{commit}:{path}"], cwd=CONF_DIR.parent, capture_output=True,
+                              text=True, check=False)  # fmt: skip
+        if done.returncode != 0:
+            raise UsageError(
+                f"{path} at {commit} is not in this checkout's history ({one_line(done.stderr)})"
+            )
+        return OmegaConf.create(done.stdout)
+
+    name = settings.get("replica_of") or settings["study"]
+    node, shared = shown(f"conf/study/{name}.yaml"), shown("conf/reproduce.yaml")
+    block = OmegaConf.create(OmegaConf.to_container(node.scales[settings["scale"]]))
+    if settings.get("replica_of"):
+        block.first_seed = shared.replicate.first_seed
+    sequential = OmegaConf.to_container(shared.scales[settings["scale"]].sequential)
+    return typed_rules(OmegaConf.to_container(block), node.kind, name), sequential
+
+
+def typed_rules(block: dict, kind: str, name: str) -> dict:
+    """A study's rules typed by today's schema: keys added since they were recorded take their defaults, so
+    rules recorded before a key existed compare equal to the same files read today."""
+    return OmegaConf.to_container(typed(OmegaConf.create(block), kinds()[kind].scale, name))
+
+
+def preregistration(name: str) -> str:
+    """The commit that last changed this study's rules (conf/study/<name>.yaml, conf/reproduce.yaml), with
+    -dirty when they have uncommitted changes: a study's verdict cites the rules it was judged by, which a later
+    commit of another study's rules does not change."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", *args], cwd=CONF_DIR.parent, capture_output=True, text=True, check=False
+        )
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    files = (f"conf/study/{name}.yaml", "conf/reproduce.yaml")
+    sha = git("log", "-1", "--format=%H", "--", *files)
+    if not sha:
+        return "unknown (not a git checkout)"
+    return sha + ("-dirty" if git("status", "--porcelain", "--", *files) else "")
 
 
 def study_settings(ctx: Context, details: dict, timing: dict) -> dict:
@@ -285,7 +417,11 @@ def study_settings(ctx: Context, details: dict, timing: dict) -> dict:
         "untested": study.cfg.untested,
         "scale": plan.scale,
         "minutes_expected": study.scale.minutes,
+        "replica_of": study.replica_of,
+        "preregistered": preregistration(study.replica_of or study.name),
+        "rules": OmegaConf.to_container(study.scale),
         "wall_s": timing["wall_s"],
+        "cpu_s": timing["cpu_s"] if timing.get("cpu_tree") else None,  # None: its workers were not counted
         "segments": timing["segments"],
         "load_at_start": round(timing.get("load", math.nan), 2),
         "command": shlex.join(

@@ -27,6 +27,7 @@ class Section:
     figure: str  # PNG file name in out_dir
     draw: Callable[[Path], None]  # draws the figure
     runs: int = 0  # runs behind it (every role)
+    p_value: float | None = None  # one-sided p-value of support (Holm's input); None: not judged on seeds
 
 
 def finished(runs: pd.DataFrame, **where) -> pd.DataFrame:
@@ -60,9 +61,10 @@ def study_trials(settings: dict) -> list[str]:
     """The overrides every trial of the study starts from: its base's, then the study's own (which win), with
     the epochs of a study that runs several budgets written as that list."""
     own = list(settings.get("trials", []))
-    if "budgets" in settings:
-        epochs = ",".join(str(b) for b in settings["budgets"])
-        own.append(f"trainer.epochs={epochs} (lr chosen at {settings['select_budget']})")
+    if "short" in settings:  # the schedules kind: the claim's schedule short, the others long
+        own.append(
+            f"trainer.epochs={settings['short']} ({settings['schedules'][0]}), {settings['long']} (the others)"
+        )
     replaced = {t.split("=", 1)[0] for t in own}
     return [t for t in base_trials(settings) if t.split("=", 1)[0] not in replaced] + own
 

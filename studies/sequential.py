@@ -357,6 +357,7 @@ class Look:
     welch: Estimate
     decision: Decision  # the claim's rule on the primary interval
     conditional_power: float  # of "supported" at the last look, under the design effect
+    refute_power: float = 0.0  # of "not supported" at the last look, under the current trend
 
 
 @dataclass(frozen=True)
@@ -394,8 +395,8 @@ class Sequential:
         last = self.looks[-1]
         if self.stop == "futile":
             return (
-                f"stopped for futility: conditional power of support {last.conditional_power:.0%} is below "
-                f"{self.futility:.0%} (non-binding)"
+                f"stopped for futility: conditional power of support {last.conditional_power:.0%} and of "
+                f"refutation {last.refute_power:.0%} are both below {self.futility:.0%} (non-binding)"
             )
         if self.stop == "":
             return f"continues: the next look at {self.next_n} seeds per arm"
@@ -452,7 +453,8 @@ def look(
     diff = estimates[primary]
     decision = judge(claim, diff, design.stages[k], 1 - design.alpha, seeds_power)
     chance = conditional_power(claim, diff, design.fractions[k], design.z[-1])
-    return Look(k, design.stages[k], level, estimates["paired"], estimates["welch"], decision, chance)
+    refute = refutation_power(claim, diff, design.fractions[k], design.z[-1])
+    return Look(k, design.stages[k], level, estimates["paired"], estimates["welch"], decision, chance, refute)
 
 
 def conditional_power(claim: Claim, diff: Estimate, fraction: float, z_final: float) -> float:
@@ -473,12 +475,30 @@ def conditional_power(claim: Claim, diff: Estimate, fraction: float, z_final: fl
     return float(ndtr((z * math.sqrt(fraction) + drift * rest - z_final) / math.sqrt(rest)))
 
 
+def refutation_power(claim: Claim, diff: Estimate, fraction: float, z_final: float) -> float:
+    """P(the last look's CI lies wholly on the refuting side of its edge | now), under the current trend: the
+    other way a comparison can still be decided ("not supported": below 0 for superiority, above the margin for
+    no gain, below minus the margin for non-inferiority)."""
+    se = standard_error(diff)
+    toward, edge = _support_side(claim)
+    if se == 0:
+        return 0.0
+    z = -toward * (_sign(claim.better) * diff.value - edge) / se  # toward refutation
+    if fraction >= 1:
+        return float(z >= z_final)
+    rest = 1 - fraction
+    drift = z / math.sqrt(fraction)  # the trend: the expected z at the cap if the difference stays as it is
+    return float(ndtr((z * math.sqrt(fraction) + drift * rest - z_final) / math.sqrt(rest)))
+
+
 def _stop(design: Design, last: Look, futility: float) -> str:
+    """Decided, at the cap, or futile: neither support (under the design effect) nor refutation (under the
+    trend) has a chance of at least `futility` by the cap, so more seeds would not decide it."""
     if last.decision.outcome in DECIDED:
         return "decided"
     if last.k == len(design.stages) - 1:
         return "cap"
-    return "futile" if last.conditional_power < futility else ""
+    return "futile" if max(last.conditional_power, last.refute_power) < futility else ""
 
 
 # ------------------------------------------------------------------------------------------------ family

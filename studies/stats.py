@@ -7,19 +7,18 @@ decided (`Verdict.rule`), so the report prints the rule next to the numbers it w
 
 - superiority ("A beats B"): the CI of A - B lies wholly on the claimed side of 0 -> supported; wholly on the
   other side -> not supported; it contains 0 -> inconclusive.
-- no gain ("B gives no gain over A", margin m > 0 in the metric's units): the CI of the gain B - A lies wholly
-  below +m -> supported; wholly above +m -> not supported (a gain larger than the margin); else inconclusive.
 - equivalence ("B matches A", margin m): the CI of B - A lies wholly inside (-m, +m) -> supported; wholly
   outside it -> not supported; else inconclusive.
 
-Differences of means use Welch's t interval (unequal variances, Welch-Satterthwaite degrees of freedom,
+The rules of seeds added in looks (no gain, non-inferiority, superiority with a claimed effect) are in
+studies/sequential.py; these two judge the decoupling study's slopes. Differences of means use Welch's t interval (unequal variances, Welch-Satterthwaite degrees of freedom,
 scipy's t quantiles); differences of slopes, the OLS slope's t interval with the same degrees-of-freedom rule.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,19 +88,6 @@ def welch(a: Sequence[float], b: Sequence[float], level: float = LEVEL) -> Estim
     return interval(float(a.mean() - b.mean()), [va, vb], [len(a) - 1, len(b) - 1], level)
 
 
-def welch_rule(
-    a: Sequence[float], b: Sequence[float], what: str, rule: Callable[[Estimate], Verdict]
-) -> Verdict:
-    """rule(welch(a, b)), or inconclusive when a side has fewer than MIN_SEEDS values: every comparison of
-    seeds goes through here, so none rests on fewer."""
-    if len(a) < MIN_SEEDS or len(b) < MIN_SEEDS:
-        return Verdict(
-            INCONCLUSIVE,
-            f"{what}: fewer than {MIN_SEEDS} seeds with a value on a side ({len(a)} vs {len(b)})",
-        )
-    return rule(welch(a, b))
-
-
 def interval(
     value: float, variances: Sequence[float], dfs: Sequence[float], level: float = LEVEL
 ) -> Estimate:
@@ -153,16 +139,6 @@ def superiority(diff: Estimate, claimed: str, what: str, unit: str = "") -> Verd
     other = "below" if claimed == "higher" else "above"
     rule = (f"superiority: {what} = {diff.text(unit=unit)}; supported if the 95% CI lies wholly {side} 0, "
             f"not supported if wholly {other} 0, else inconclusive")  # fmt: skip
-    return Verdict(outcome, rule)
-
-
-def no_gain(gain: Estimate, margin: float, what: str, unit: str = "") -> Verdict:
-    """`gain` is B - A, signed so that positive is better for B, for the claim "B gives no gain over A"."""
-    check_margin(margin)
-    outcome = SUPPORTED if gain.high < margin else NOT_SUPPORTED if gain.low > margin else INCONCLUSIVE
-    rule = (f"no gain (margin {margin:g}{' ' + unit if unit else ''}): {what} = {gain.text(unit=unit)}; "
-            f"supported if the 95% CI lies wholly below +{margin:g}, not supported if wholly above it, "
-            "else inconclusive")  # fmt: skip
     return Verdict(outcome, rule)
 
 

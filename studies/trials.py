@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import MISSING, DictConfig
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from runner import results
 from runner.config import check
@@ -69,15 +69,48 @@ class Base:
 
 
 @dataclass
+class Sequencing:
+    """How a comparison adds seeds: looks after `stages` seeds per arm, stopping when decided, futile or at the
+    cap, each look's CI level from Lan-DeMets O'Brien-Fleming-like spending of `alpha` (studies/sequential.py)."""
+
+    stages: list[int] = MISSING  # seeds per arm at each look, increasing; the last is the cap
+    alpha: float = MISSING  # two-sided false-decision rate of each comparison over all its looks
+    primary: str = MISSING  # paired | welch: the interval that decides (the other is shown beside it)
+    futility: float = MISSING  # conditional power of support below which a look stops as futile
+    first_seed: int = MISSING  # confirmation seeds are first_seed, first_seed + 1, ...: never a grid's seed
+
+    def __post_init__(self) -> None:
+        check(
+            len(self.stages) > 0
+            and self.stages[0] >= 3
+            and all(b > a for a, b in zip(self.stages, self.stages[1:], strict=False)),
+            "sequential.stages",
+            "must increase from at least 3 seeds per arm",
+            self.stages,
+        )
+        check(0 < self.alpha < 1, "sequential.alpha", "must be in (0, 1)", self.alpha)
+        check(
+            self.primary in ("paired", "welch"), "sequential.primary", "must be paired or welch", self.primary
+        )
+        check(0 <= self.futility < 1, "sequential.futility", "must be in [0, 1)", self.futility)
+
+
+@dataclass
 class Shared:
     bases: dict[str, Base] = MISSING
-    seeds: list[int] = MISSING  # confirmation seeds (the grids run seed 0)
+    grid_seeds: list[int] = (
+        MISSING  # every grid cell runs each of these (replicates); selection reads their mean
+    )
+    sequential: Sequencing = MISSING
     arms: dict[str, Arm] = MISSING
 
     def __post_init__(self) -> None:
-        check(len(set(self.seeds)) >= 3, "shared.seeds", "must name at least 3 distinct seeds", self.seeds)
+        check(len(set(self.grid_seeds)) >= 1, "shared.grid_seeds", "must name a seed", self.grid_seeds)
         check(
-            0 not in self.seeds, "shared.seeds", "must not hold 0, the seed the grids select with", self.seeds
+            self.sequential.first_seed > max(self.grid_seeds),
+            "shared.sequential.first_seed",
+            f"must be above every grid seed ({max(self.grid_seeds)}): confirmation seeds are fresh",
+            self.sequential.first_seed,
         )
 
 
@@ -86,16 +119,24 @@ class ScaleBase:
     """What a study's block per scale holds, whatever its kind; each kind's schema adds its own keys."""
 
     minutes: float = MISSING  # expected: offline on 2 idle cores; full on one GPU
-    seeds: list[int] | None = None  # confirmation seeds; null: shared.seeds
+    stages: list[int] | None = None  # seeds per arm at each look; null: shared.sequential.stages
+    first_seed: int | None = (
+        None  # confirmation seeds from here; null: shared.sequential.first_seed (a re-run on
+    )
+    # other seeds is this one override: study.first_seed=201)
+    grid_seeds: list[int] | None = None  # the grids' replicate seeds; null: shared.grid_seeds (a re-run on
+    # other grids: study.grid_seeds=[3,4])
 
     def __post_init__(self) -> None:
-        if self.seeds is not None:
+        if self.stages is not None:
             check(
-                len(set(self.seeds)) >= 3 and 0 not in self.seeds,
-                "study.seeds",
-                "must name at least 3 distinct seeds, none of them 0",
-                self.seeds,
+                len(self.stages) > 0 and self.stages[0] >= 3 and self.stages == sorted(set(self.stages)),
+                "study.stages",
+                "must increase from at least 3 seeds per arm",
+                self.stages,
             )
+        if self.grid_seeds is not None:
+            check(len(set(self.grid_seeds)) >= 1, "study.grid_seeds", "must name a seed", self.grid_seeds)
 
 
 # ------------------------------------------------------------------------------------------------ plan
@@ -104,6 +145,7 @@ class Study:
     name: str
     cfg: DictConfig  # StudyConfig without scales
     scale: DictConfig  # the chosen scale's block, typed
+    replica_of: str = ""  # a replication on a disjoint seed set: the study it repeats
 
 
 @dataclass
@@ -127,6 +169,17 @@ def merged(overrides: list[str]) -> list[str]:
     return list(by_key.values())
 
 
+def first_seed_of(study: Study, shared: Shared) -> int:
+    """The study's first confirmation seed: its own, or the shared one."""
+    own = study.scale.first_seed
+    return shared.sequential.first_seed if own is None else own
+
+
+def grid_seeds_of(study: Study, shared: Shared) -> list[int]:
+    """The seeds every grid cell of the study runs: its own, or the shared ones."""
+    return list(study.scale.grid_seeds or shared.grid_seeds)
+
+
 # ------------------------------------------------------------------------------------------------ sweeps
 @dataclass
 class Context:
@@ -137,15 +190,39 @@ class Context:
     echo: Callable[[str], None]
     sweeps: list[str] = field(default_factory=list)
     trained: bool = False  # did any trial run in this segment (a study found done adds no time)
+    tick: Callable[[], None] = lambda: None  # adds the time since the last tick to the study's timing file
 
     @property
     def shared(self) -> Shared:
         return self.plan.shared
 
     @property
+    def stages(self) -> list[int]:
+        """Seeds per arm at each look: the study's own, or the shared ones."""
+        return list(self.study.scale.stages or self.plan.shared.sequential.stages)
+
+    @property
+    def first_seed(self) -> int:
+        return first_seed_of(self.study, self.plan.shared)
+
+    @property
+    def grid_seeds(self) -> list[int]:
+        return grid_seeds_of(self.study, self.plan.shared)
+
+    @property
+    def sequencing(self) -> dict:
+        """The shared sequential design with this study's first seed: what its settings record."""
+        shared = OmegaConf.to_container(OmegaConf.structured(self.plan.shared.sequential))
+        return shared | {"first_seed": self.first_seed}
+
+    @property
     def seeds(self) -> list[int]:
-        """The confirmation seeds: the study's own, or the shared ones."""
-        return list(self.study.scale.seeds or self.plan.shared.seeds)
+        """Every confirmation seed up to the cap, in the order the looks add them."""
+        return list(range(self.first_seed, self.first_seed + self.stages[-1]))
+
+    def stage_seeds(self, k: int) -> list[int]:
+        """The seeds look k (0-based) adds to the ones before it."""
+        return self.seeds[(self.stages[k - 1] if k else 0) : self.stages[k]]
 
     def arm(self, name: str) -> Arm:
         return self.plan.shared.arms[name]
@@ -187,7 +264,10 @@ def run_sweep(ctx: Context, label: str, overrides: list[str]) -> Path:
         f"{ctx.study.name}: {label}: {planned.trials - done} of {planned.trials} trials to run in {folder}"
     )
     ctx.trained = True
-    sweeps.run(planned, echo=ctx.echo)
+    try:
+        sweeps.run(planned, echo=ctx.echo)
+    finally:
+        ctx.tick()
     return folder
 
 
@@ -201,12 +281,13 @@ def arm_overrides(ctx: Context, arm: Arm, role: str) -> list[str]:
 
 
 def grid_args(ctx: Context, name: str) -> list[str]:
-    """The arm's lr x wd grid, seed 0, read on validation only."""
+    """The arm's lr x wd grid, each cell with every grid seed, read on validation only."""
     arm = ctx.arm(name)
     return [
         *arm_overrides(ctx, arm, "select"),
         axis("optimizer.lr", arm.lr),
         axis("optimizer.weight_decay", arm.weight_decay),
+        axis("seed", ctx.grid_seeds),
     ]
 
 
@@ -222,42 +303,55 @@ class Choice:
 
 
 def choose(ctx: Context, name: str) -> tuple[Choice, Path | None]:
-    """The arm's setting and its grid's folder: the best validation metric of the grid (ties: the smallest lr,
-    then the smallest wd), or the arm's one setting when it has no grid."""
+    """The arm's setting and its grid's folder: the grid cell with the best mean validation metric over the
+    grid seeds (ties: the smallest lr, then the smallest wd), or the arm's one setting when it has no grid."""
     arm = ctx.arm(name)
     if not arm.searched:
         return Choice(number_text(arm.lr[0]), number_text(arm.weight_decay[0]), 1), None
     folder = grid_sweep(ctx, name)
     best = best_row(folder, ("optimizer.lr", "optimizer.weight_decay"))
-    cells = len(results.read_rows(folder / "runs.csv"))
-    return Choice(best["optimizer.lr"], best["optimizer.weight_decay"], cells), folder
+    return Choice(
+        best["optimizer.lr"], best["optimizer.weight_decay"], len(arm.lr) * len(arm.weight_decay)
+    ), folder
 
 
 def best_row(folder: Path, keys: tuple[str, ...]) -> dict:
-    """The finished trial with the best validation metric (never the test one); ties go to the smallest keys."""
-    rows = [
-        r for r in results.read_rows(folder / "runs.csv") if r["status"] == "finished" and r.get("val_metric")
-    ]
-    if not rows:
-        raise UsageError(f"no finished trial with a validation metric in {folder}; see its runs.csv")
-    sign = -1 if rows[0].get("goal") == "min" else 1
-    ordered = sorted(rows, key=lambda r: tuple(float(r[k]) for k in keys))
-    return max(ordered, key=lambda r: sign * float(r["val_metric"]))
+    """The setting (values of `keys`) with the best validation metric (never the test one), averaged over its
+    seeds; a setting with a seed that did not finish (diverged) is not a candidate. Ties go to the smallest."""
+    cells: dict[tuple, list[dict]] = {}
+    for r in results.read_rows(folder / "runs.csv"):
+        cells.setdefault(tuple(r[k] for k in keys), []).append(r)
+    usable = {
+        cell: rows
+        for cell, rows in cells.items()
+        if all(r["status"] == "finished" and r.get("val_metric") for r in rows)
+    }
+    if not usable:
+        raise UsageError(
+            f"no setting whose every seed finished with a validation metric in {folder}; see its runs.csv"
+        )
+    sign = -1 if next(iter(usable.values()))[0].get("goal") == "min" else 1
+    ordered = sorted(usable, key=lambda cell: tuple(float(v) for v in cell))
+    best = max(
+        ordered, key=lambda cell: sign * sum(float(r["val_metric"]) for r in usable[cell]) / len(usable[cell])
+    )
+    return dict(zip(keys, best, strict=True))
 
 
-def confirm_args(ctx: Context, name: str, choice: Choice) -> list[str]:
+def confirm_args(ctx: Context, name: str, choice: Choice, seeds: list[int]) -> list[str]:
     """Fresh seeds at the chosen setting: each run reads the test set once, at its end."""
     arm = ctx.arm(name)
     return [
         *arm_overrides(ctx, arm, "confirm"),
         f"optimizer.lr={choice.lr}",
         f"optimizer.weight_decay={choice.weight_decay}",
-        axis("seed", ctx.seeds),
+        axis("seed", seeds),
     ]
 
 
-def confirm_sweep(ctx: Context, name: str, choice: Choice) -> Path:
-    return run_sweep(ctx, f"seeds-{name}", confirm_args(ctx, name, choice))
+def confirm_sweep(ctx: Context, name: str, choice: Choice, k: int) -> Path:
+    """Look k's new seeds at the chosen setting (a sweep per look: studies that share an arm share its looks)."""
+    return run_sweep(ctx, f"seeds-{name}-look{k + 1}", confirm_args(ctx, name, choice, ctx.stage_seeds(k)))
 
 
 def arm_info(arm: Arm) -> dict:
@@ -291,6 +385,8 @@ RUN_COLUMNS = [
     "test_metric",
     "epochs_to_target",
     "time_to_target_s",
+    "weight_norm",
+    "averaged",
     "wall_s",
     "sweep",
     "run_id",
@@ -340,6 +436,19 @@ def curve_rows(folder: Path, study: str, arm: str, variant_key: str | None = Non
                     }
                 )
     return rows
+
+
+RUN_NUMBERS = ("lr", "weight_decay", "epochs", "val_metric", "test_metric", "epochs_to_target", "time_to_target_s",
+               "weight_norm", "averaged", "wall_s")  # the numbers of <study>_runs.csv  # fmt: skip
+
+
+def frame(rows: list[dict], numbers: tuple[str, ...] = RUN_NUMBERS) -> pd.DataFrame:
+    """Rows as the report reads them back from the CSV (numbers parsed, the rest text): what a study judges
+    between its looks is what its report re-derives."""
+    table = pd.DataFrame(rows, columns=RUN_COLUMNS if numbers is RUN_NUMBERS else None).astype(str)
+    for column in numbers:
+        table[column] = pd.to_numeric(table[column], errors="coerce")
+    return table
 
 
 def write_table(path: Path, rows: list[dict], columns: list[str]) -> None:

@@ -101,7 +101,7 @@ def test_reproduce_studies_the_users_recipe(user):
     grids = [f"shared.arms.{arm}.{key}={values}" for arm in ("adamw", "amsgrad")
              for key, values in (("lr", "[1e-3,1e-2]"), ("weight_decay", "[1e-4]"))]  # fmt: skip
     done = adamrun(user, "reproduce", "study=amsgrad", f"shared.bases.cnn.trials={base}", "shared.bases.cnn.select=[]",
-                   "shared.bases.cnn.confirm=[trainer.eval_every=0.5]", "shared.seeds=[1,2,3]", *grids,
+                   "shared.bases.cnn.confirm=[trainer.eval_every=0.5]", "shared.grid_seeds=[1]", "shared.sequential.stages=[3]", *grids,
                    f"out_dir={user / 'reproduction'}", f"work_dir={user / 'reproduction_runs'}")  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     verdicts = [line for line in (user / "reproduction" / "report.md").read_text().splitlines()

@@ -118,3 +118,29 @@ def test_logger_tensorboard_writes_each_evaluation_as_events(data, tmp_path):
     test_acc = [event.value for event in events.Scalars("test_acc")]
     history = [json.loads(line) for line in (tmp_path / "tb" / "metrics.jsonl").read_text().splitlines()]
     assert test_acc == pytest.approx([h["test_acc"] for h in history])
+
+
+def test_logger_tensorboard_writes_the_hparams_summary_of_the_run(data, tmp_path):
+    """TensorBoard's HParams tab reads a session per run folder: its settings (those the command line set among
+    them) and its final metrics."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    cfg = config(
+        "cifar10", data, tmp_path, f"run_dir={tmp_path / 'tb'}", "logger=tensorboard", "optimizer.lr=0.002"
+    )
+    run = train(cfg)
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    content = events.PluginTagToContent("hparams")
+    start = plugin_data_pb2.HParamsPluginData.FromString(
+        content["_hparams_/session_start_info"]
+    ).session_start_info
+    assert start.hparams["optimizer.lr"].number_value == pytest.approx(0.002)
+    assert (
+        start.hparams["optimizer"].string_value == cfg.choices["optimizer"]
+        and start.hparams["status"].string_value == "finished"
+    )
+    assert "trainer.batch_size" in start.hparams  # set on the command line: a sweep's axis would be too
+    [final] = events.Scalars("hparams/test_acc")
+    assert final.value == pytest.approx(float(run["test_metric"]))

@@ -13,7 +13,7 @@ from tests.studies.synthetic import decoupling_study
 def test_decoupling_finds_the_diagonal_and_the_axis_aligned_ridge(tmp_path, measure):
     decoupling_study(tmp_path, measure=measure)
     runs, _, details = report.load_study_tables(tmp_path, "decoupling")
-    found = {r.arm: r for r in decoupling.ridges(runs, details)}
+    found = {r.arm: r for r in decoupling.ridges(runs, details, 1.0)}
     assert found["adam_l2"].fit(measure).value == pytest.approx(-1, abs=0.15)
     assert found["adamw"].fit(measure).value == pytest.approx(0, abs=0.15)
     assert decoupling.torch_ridge(found["adamw"]).fit(measure).value == pytest.approx(-1, abs=0.15)
@@ -42,6 +42,7 @@ def test_best_wd_is_refined_between_cells_and_the_good_region_ends_where_accurac
             "weight_decay": [1e-4, 1e-3, 1e-2] * 2,
             "val_metric": [0.80, 0.90, 0.88, 0.70, 0.80, 0.85],
             "metric": "acc",
+            "seed": 1,
         }
     )
     rows = decoupling.wd_measures(grid, "max", drop=1.0).set_index("lr")
@@ -49,3 +50,32 @@ def test_best_wd_is_refined_between_cells_and_the_good_region_ends_where_accurac
     assert rows.loc[3e-3, "best"] == pytest.approx(-2) and rows.loc[3e-3, "best_at_edge"]
     assert rows.loc[1e-3, "edge"] == pytest.approx(-3 + 0.5) and not rows.loc[1e-3, "censored"]  # 89 halfway
     assert rows.loc[3e-3, "edge"] == pytest.approx(-2) and rows.loc[3e-3, "censored"]
+
+
+def test_each_seed_of_a_replicate_grid_gives_its_own_rows_to_the_fit(tmp_path):
+    decoupling_study(tmp_path)
+    runs, _, details = report.load_study_tables(tmp_path, "decoupling")
+    found = {r.arm: r for r in decoupling.ridges(runs, details, 1.0)}
+    assert len(found["adamw"].rows) == 10 and set(found["adamw"].rows["seed"]) == {
+        "1",
+        "2",
+    }  # 5 lrs x 2 seeds
+    assert found["adamw"].fit("edge").df == 10 - 2 - int(found["adamw"].rows["censored"].sum())
+
+
+def test_a_verdict_that_flips_with_the_threshold_is_inconclusive():
+    supported = stats.Verdict(stats.SUPPORTED, "a")
+    refuted = stats.Verdict(stats.NOT_SUPPORTED, "b")
+    assert decoupling.every_threshold({0.5: supported, 1.0: supported}).outcome == stats.SUPPORTED
+    assert decoupling.every_threshold({0.5: refuted, 1.0: refuted}).outcome == stats.NOT_SUPPORTED
+    mixed = decoupling.every_threshold({0.5: supported, 1.0: refuted})
+    assert mixed.outcome == stats.INCONCLUSIVE and "[0.5 points below the row's best]" in mixed.rule
+
+
+def test_a_grid_where_decay_removes_next_to_nothing_is_not_tested(tmp_path):
+    decoupling_study(tmp_path)
+    runs = pd.read_csv(tmp_path / "decoupling_runs.csv")
+    runs["weight_norm"] = 10.0  # every decay leaves the weights' norm as it is
+    runs.to_csv(tmp_path / "decoupling_runs.csv", index=False)
+    (section,) = report.sections(tmp_path)
+    assert section.verdict.outcome == stats.UNTESTED and "weight decay acts" in section.verdict.rule

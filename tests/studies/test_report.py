@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pandas as pd
+import pytest
 
 from studies import report, trials
 from tests.conftest import REPO
@@ -43,3 +44,30 @@ def test_committed_report_equals_what_its_committed_csvs_give():
     assert (COMMITTED / "report.md").read_text() == report.render_report(COMMITTED)
     for section in report.sections(COMMITTED):  # every study ran, and drew its figure
         assert (COMMITTED / section.figure).stat().st_size > 10_000
+
+
+def test_the_committed_report_was_judged_by_the_rules_committed_before_it():
+    """Each study's settings name the commit of its rules (conf/study/, conf/reproduce.yaml): at that commit the
+    files held exactly the rules, margins, seeds and design the study recorded, and nothing uncommitted."""
+    import subprocess
+
+    from studies.reproduce import rules_at, typed_rules
+
+    for name in report.study_names(COMMITTED):
+        settings = report.read_settings(COMMITTED / f"{name}_settings.csv")
+        commit = settings["preregistered"]
+        assert not commit.endswith("-dirty"), f"{name} ran with uncommitted rules"
+        known = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=REPO, check=False)
+        if known.returncode != 0:
+            pytest.skip(
+                f"commit {commit} is not in this checkout (a shallow clone): its rules cannot be read"
+            )
+        block, sequential = rules_at(commit, settings)
+        assert typed_rules(settings["rules"], settings["kind"], name) == block, name
+        if "sequencing" not in settings:  # a study judged without seeds in looks (decoupling's grids)
+            continue
+        assert {k: v for k, v in settings["sequencing"].items() if k != "first_seed"} == {
+            k: v for k, v in sequential.items() if k != "first_seed"
+        }, name
+        first = block["first_seed"] if block.get("first_seed") is not None else sequential["first_seed"]
+        assert settings["sequencing"]["first_seed"] == first, name

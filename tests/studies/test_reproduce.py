@@ -11,8 +11,9 @@ import pytest
 
 from runner.config import CONF_DIR
 from runner.errors import UsageError
-from studies import report, reproduce, stats
-from studies.trials import digest, merged
+from studies import report, reproduce, sequential, stats
+from studies.reproduce import Replicate
+from studies.trials import Context, digest, grid_args, merged
 from tests.conftest import adamrun, assert_one_line
 
 STUDIES = sorted(p.stem for p in (CONF_DIR / "study").glob("*.yaml"))
@@ -22,32 +23,71 @@ STUDIES = sorted(p.stem for p in (CONF_DIR / "study").glob("*.yaml"))
 @pytest.mark.parametrize("scale", ["offline", "full"])
 def test_every_study_composes_one_trial_of_each_of_its_sweeps(scale):
     plan = reproduce.plan([f"scale={scale}"])
-    assert [s.name for s in plan.studies] == list(plan.settings.studies)
+    replica = plan.settings.replicate
+    assert [s.name for s in plan.studies] == [*plan.settings.studies, f"{replica.study}_replica"]
     assert sorted(plan.settings.studies) == STUDIES  # make reproduce runs every study there is
     assert reproduce.check_trials(plan) >= len(STUDIES)
 
 
-def test_the_offline_budget_fits_90_minutes_with_margin():
+def test_the_replica_runs_the_same_study_on_a_disjoint_seed_set():
     plan = reproduce.plan([])
-    minutes = sum(s.scale.minutes for s in plan.studies)
-    assert minutes <= 75, f"the studies' expected minutes add up to {minutes}"
+    replica = plan.studies[-1]
+    original = next(s for s in plan.studies if s.name == replica.replica_of)
+    seeds = {}
+    for study in (original, replica):
+        ctx = Context(plan, study, echo=lambda line: None)
+        seeds[study.name] = set(ctx.seeds)
+    assert seeds[original.name] and not seeds[original.name] & seeds[replica.name]
+    assert replica.scale.test == original.scale.test  # the same rules
+    with pytest.raises(UsageError, match="the seed sets are disjoint"):
+        reproduce.replica(Replicate(original.name, 110), "offline", plan.shared, plan.studies[:-1])
+
+
+def test_one_override_reruns_a_study_on_other_seeds():
+    plan = reproduce.plan(["study=amsgrad", "study.first_seed=301"])
+    assert Context(plan, plan.studies[0], echo=lambda line: None).seeds[:3] == [301, 302, 303]
+    assert [s.name for s in plan.studies] == ["amsgrad"]  # one study asked for: no replica
+
+
+def test_one_override_reruns_a_study_on_other_grids_and_its_seeds_stay_fresh():
+    plan = reproduce.plan(["study=amsgrad", "study.grid_seeds=[5,6]"])
+    ctx = Context(plan, plan.studies[0], echo=lambda line: None)
+    assert ctx.grid_seeds == [5, 6] and "seed=5,6" in grid_args(ctx, "adamw")
+    shared = reproduce.plan(["study=amsgrad"])
+    assert Context(shared, shared.studies[0], echo=lambda line: None).grid_seeds == [1, 2]
+    with pytest.raises(UsageError, match="first_seed must be above every grid seed \\(150\\)"):
+        reproduce.plan(["study=amsgrad", "study.grid_seeds=[1,150]"])
+
+
+def test_the_replica_runs_alone_on_its_own_seeds():
+    plan = reproduce.plan(["study=amsgrad_replica"])
+    assert [(s.name, s.replica_of) for s in plan.studies] == [("amsgrad_replica", "amsgrad")]
+    assert Context(plan, plan.studies[0], echo=lambda line: None).seeds[0] == 201
+
+
+def test_the_offline_budget_fits_4_hours_and_each_study_60_minutes():
+    plan = reproduce.plan([])
+    minutes = {s.name: s.scale.minutes for s in plan.studies}
+    assert sum(minutes.values()) <= 240 and max(minutes.values()) <= 60, minutes
 
 
 def test_a_study_override_changes_its_config_and_a_typo_is_one_line():
-    plan = reproduce.plan(["study=schedules", "study.budgets=[1,2]", "study.short=1", "study.long=2"])
-    assert list(plan.studies[0].scale.budgets) == [1, 2]
+    plan = reproduce.plan(["study=schedules", "study.short=2", "study.long=16"])
+    assert (plan.studies[0].scale.short, plan.studies[0].scale.long) == (2, 16)
     with pytest.raises(UsageError, match="unknown config key 'study.budget'"):
         reproduce.plan(["study=schedules", "study.budget=[1]"])
-    with pytest.raises(UsageError, match="must both be in study.budgets"):
-        reproduce.plan(["study=schedules", "study.short=3"])
-    with pytest.raises(UsageError, match="at least 3 distinct seeds"):
-        reproduce.plan(["shared.seeds=[1,2]"])
-    with pytest.raises(UsageError, match="study.margin must be > 0"):  # refused before hours of runs
-        reproduce.plan(["study=decoupling", "study.margin=0"])
-    with pytest.raises(UsageError, match="study.short must be < study.long"):
-        reproduce.plan(["study=schedules", "study.short=4"])
+    with pytest.raises(UsageError, match="stages must increase from at least 3"):
+        reproduce.plan(["shared.sequential.stages=[2,4]"])
+    with pytest.raises(UsageError, match="first_seed must be above every grid seed"):
+        reproduce.plan(["shared.sequential.first_seed=2"])
+    with pytest.raises(UsageError, match="test.margin must be > 0"):  # refused before hours of runs
+        reproduce.plan(["study=amsgrad", "study.test.margin=0"])
+    with pytest.raises(UsageError, match="study.short must be > 0 and < study.long"):
+        reproduce.plan(["study=schedules", "study.short=8"])
     with pytest.raises(UsageError, match="must differ from study.baseline"):
         reproduce.plan(["study=amsgrad", "study.contender=adamw"])
+    with pytest.raises(UsageError, match="study.judge_lr must be one of study.lr"):
+        reproduce.plan(["study=warmup", "study.judge_lr=5.0"])
 
 
 def test_trial_overrides_go_to_every_trial_and_a_bad_one_stops_before_any_run():
@@ -130,9 +170,10 @@ def tiny_arguments(tmp_path: Path) -> list[str]:
     arguments = [
         f"shared.bases.cnn.trials={json.dumps(CNN)}",
         'shared.bases.cnn.select=["data.test_limit=100"]',
-        'shared.bases.cnn.confirm=["data.test_limit=100", "trainer.eval_every=0.5", "trainer.target=val_acc>=0.2"]',
+        'shared.bases.cnn.confirm=["data.test_limit=100", "trainer.eval_every=0.5"]',
         f"shared.bases.lm.trials={json.dumps(lm)}",
-        "shared.seeds=[1,2,3]",
+        "shared.grid_seeds=[1]",
+        "shared.sequential.stages=[3]",
     ]
     for arm in ("adam_l2", "adamw", "amsgrad"):
         arguments += [f"shared.arms.{arm}.lr=[1e-3,1e-2,3e-2]", f"shared.arms.{arm}.weight_decay=[1e-4,1e-2]"]
@@ -150,12 +191,18 @@ STUDY_OVERRIDES = {  # the non-grid studies, shrunk the same way
     "schedules": [
         "study.schedules=[one_cycle,constant]",
         "study.lr=[1e-2]",
-        "study.select_budget=1",
-        "study.budgets=[1,2]",
         "study.short=1",
         "study.long=2",
+        "study.stages=[3]",
+        "study.trials=[]",
     ],
-    "warmup": ["study.lr=[1e-1]", "study.trials=[schedule=cosine]"],
+    "warmup": [
+        "study.lr=[1e-1]",
+        "study.judge_lr=1e-1",
+        "study.stages=[3]",
+        "study.trials=[schedule=constant,trainer.log_every=1]",
+    ],
+    "lm_optimizers": ["study.stages=[3]"],
 }
 
 
@@ -181,16 +228,16 @@ def test_every_study_runs_end_to_end_and_reports(tiny_reproduction):
         assert (out / f"{study}.png").stat().st_size > 10_000
         assert f"## {study}:" in text
     for section in report.sections(out):
-        assert section.verdict.outcome in (stats.SUPPORTED, stats.NOT_SUPPORTED, stats.INCONCLUSIVE)
+        assert section.verdict.outcome in (*sequential.DECIDED, stats.INCONCLUSIVE, stats.UNTESTED)
     adamw = pd.read_csv(out / "adamw_vs_adam_runs.csv")
-    amsgrad = pd.read_csv(out / "amsgrad_runs.csv")
+    decoupling = pd.read_csv(out / "decoupling_runs.csv")
     shared = set(adamw.loc[adamw["arm"] == "adamw", "sweep"]) & set(
-        amsgrad.loc[amsgrad["arm"] == "adamw", "sweep"]
+        decoupling.loc[decoupling["arm"] == "adamw", "sweep"]
     )
-    assert len(shared) == 2  # AdamW's grid and seeds: one sweep each, serving both studies
+    assert len(shared) == 1  # AdamW's grid (decoupling's grid seeds): one sweep, serving both studies
     assert adamw.loc[adamw["role"] == "select", "test_metric"].isna().all()  # selection shows no test figure
     confirm = adamw[adamw["role"] == "confirm"]
-    assert sorted(confirm["seed"].unique()) == [1, 2, 3] and confirm["test_metric"].notna().all()
+    assert sorted(confirm["seed"].unique()) == [301, 302, 303] and confirm["test_metric"].notna().all()
 
 
 @pytest.mark.slow
@@ -216,3 +263,26 @@ def test_resume_true_is_accepted_as_running_the_command_again(monkeypatch, capsy
     code, _, err = adamrun(monkeypatch, capsys, "reproduce", "study=decoupling", "resume=false")
     assert code == 2
     assert_one_line(err, "resume can only be true")
+
+
+def test_cpu_counts_live_workers_then_the_same_once_they_end():
+    """A study's sweeps run in joblib workers that outlive it: their CPU counts while they live, and it is not
+    counted twice once they are reaped."""
+    import subprocess
+    import sys
+
+    from studies.reproduce import cpu_seconds
+
+    burn = 0.5  # CPU seconds the worker spends before it reports, then idles
+    code = (
+        f"import sys, time\nt = time.process_time()\nwhile time.process_time() - t < {burn}: pass\n"
+        "print(flush=True)\nsys.stdin.read()"
+    )
+    before = cpu_seconds()
+    worker = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    worker.stdout.readline()  # it has spent `burn`
+    alive = cpu_seconds() - before
+    worker.communicate()
+    ended = cpu_seconds() - before
+    assert burn <= alive < burn + 1.0
+    assert alive <= ended < alive + 0.5

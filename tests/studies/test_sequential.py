@@ -164,14 +164,26 @@ def test_both_intervals_come_back_and_the_primary_decides(design):
         sq.sequential(design, claim, cont, base, primary="pooled")
 
 
-def test_futility_stops_a_comparison_that_cannot_reach_the_claimed_effect(design):
+def test_futility_stops_a_comparison_that_neither_side_can_decide(design):
     claim = sq.Claim("superiority", "higher", "test accuracy A - B", effect=0.5, unit="points")
     base = 90 + spread_like(0, 1, 16)
-    against = base - 0.5 + spread_like(0, 1.0, 16, seed=4)  # trending the other way, still wide at 6 seeds
-    stopped = sq.sequential(design, claim, against, base, futility=0.2)
-    assert stopped.stop == "futile" and stopped.looks[-1].conditional_power < 0.2
-    assert "stopped for futility" in stopped.decision.rule
-    assert sq.sequential(design, claim, against, base, futility=0).stop != "futile"
+    flat = base + spread_like(0, 3.0, 16, seed=4)  # no trend, wide: neither support nor refutation in reach
+    stopped = sq.sequential(design, claim, flat, base, futility=0.2)
+    assert stopped.stop == "futile"
+    last = stopped.looks[-1]
+    assert last.conditional_power < 0.2 and last.refute_power < 0.2
+    assert "stopped for futility" in stopped.decision.rule and "of refutation" in stopped.decision.rule
+    assert sq.sequential(design, claim, flat, base, futility=0).stop != "futile"
+
+
+def test_a_comparison_trending_against_the_claim_goes_on_until_it_is_refuted(design):
+    """Futility is about deciding, not about supporting: "not supported" is an answer worth the seeds."""
+    claim = sq.Claim("non_inferiority", "higher", "test accuracy A - B", margin=0.5, unit="points")
+    base = 90 + spread_like(0, 1, 16)
+    worse = base - 3 + spread_like(0, 0.3, 16, seed=4)  # 3 points worse: support hopeless, refutation near
+    result = sq.sequential(design, claim, worse, base, futility=0.1)
+    assert result.looks[0].conditional_power < 0.1 and result.looks[0].refute_power >= 0.1
+    assert result.stop == "decided" and result.decision.outcome == stats.NOT_SUPPORTED
 
 
 # ------------------------------------------------------------------------------------------------ simulation

@@ -37,18 +37,15 @@ def test_welch_interval_matches_scipy():
     assert diff.df == pytest.approx(test.df)
 
 
-def test_no_gain_and_equivalence_use_the_stated_margin():
+def test_equivalence_uses_the_stated_margin():
     same = stats.welch([90.0, 90.1, 89.9, 90.05], [90.02, 89.95, 90.0, 90.1])
-    assert stats.no_gain(same, 0.5, "gain").outcome == stats.SUPPORTED
     assert stats.equivalence(same, 0.5, "diff").outcome == stats.SUPPORTED
     big = stats.welch([92.0, 92.1, 91.9], [90.0, 90.1, 89.9])  # a gain of 2 points, well past the margin
-    assert stats.no_gain(big, 0.5, "gain").outcome == stats.NOT_SUPPORTED
     assert stats.equivalence(big, 0.5, "diff").outcome == stats.NOT_SUPPORTED
     wide = stats.welch([90.0, 92.0, 88.0], [90.0, 89.0, 91.0])  # the interval straddles the margins
-    assert stats.no_gain(wide, 0.5, "gain").outcome == stats.INCONCLUSIVE
     assert stats.equivalence(wide, 0.5, "diff").outcome == stats.INCONCLUSIVE
     with pytest.raises(ValueError, match="margin"):
-        stats.no_gain(same, 0, "gain")
+        stats.equivalence(same, 0, "diff")
 
 
 def test_slope_interval_and_the_combined_verdict():
