@@ -94,6 +94,10 @@ class CompareScale(ScaleBase):
             "must differ from study.baseline",
             self.contender,
         )
+        kind = getattr(self.mechanism, "kind", None)
+        check(
+            kind != "edges", "mechanism.kind", "edges is a decoupling study's check (its grids' edges)", kind
+        )
 
 
 # ------------------------------------------------------------------------------------------------ run

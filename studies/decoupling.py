@@ -24,7 +24,7 @@ from runner.config import check
 from runner.render import markdown, metric_name, new_figure, save, wrapped
 from runner.sweep import key_of
 from studies import StudyKind
-from studies.looks import Mechanism, mechanism_check, not_tested
+from studies.looks import Check, Mechanism, mechanism_check, not_tested
 from studies.section import (
     Section,
     claim_line,
@@ -78,7 +78,8 @@ class DecouplingScale(ScaleBase):
     drops: list[float] = MISSING  # accuracy points below a row's best where its good region ends: the verdict
     # must hold at every one (the table and figure show the first)
     margin: float = MISSING  # decades of wd per decade of lr
-    mechanism: Mechanism = MISSING  # weight decay must act at each verdict arm's best cell
+    mechanism: Mechanism = MISSING  # decay: weight decay acts at each verdict arm's best cell; edges: its
+    # good region ends inside the grid in enough lr rows (what the edge slope is fitted to)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -89,6 +90,13 @@ class DecouplingScale(ScaleBase):
             len(self.drops) > 0 and all(d > 0 for d in self.drops), "study.drops", "must be > 0", self.drops
         )
         check(self.margin > 0, "study.margin", "must be > 0", self.margin)
+        kind = getattr(self.mechanism, "kind", None)
+        check(
+            kind != "edges" or self.measure == "edge",
+            "mechanism.kind",
+            "edges needs study.measure=edge",
+            kind,
+        )
 
 
 def check_arms(study: Study, shared: Shared) -> None:
@@ -239,6 +247,31 @@ def fit_rows(rows: pd.DataFrame, measure: str):
     return slope(usable["lr"].map(math.log10), usable[measure]) if len(usable) >= 3 else None
 
 
+def edges_check(mechanism: dict, runs: pd.DataFrame, settings: dict) -> Check:
+    """Weight decay acts where the slope reads it: in each verdict arm's grid, for every grid seed and at every
+    good-region threshold, at least min_rows lr rows have a good region that ends inside the grid (past its
+    edge more decay costs more than the threshold). A region that runs off the grid is censored: it says
+    nothing of where decay starts to hurt, and a grid of such rows cannot test the claim."""
+    need, parts, held = mechanism["min_rows"], [], True
+    for arm in (settings["coupled"], settings["decoupled"]):
+        grid = finished(runs, arm=arm, role="select")
+        goal = grid["goal"].iloc[0] if not grid.empty else "max"
+        fewest = len(settings["arms"][arm]["lr"])
+        for drop in settings["drops"]:
+            rows = wd_measures(grid, goal, drop)
+            inside = (~rows["censored"].astype(bool)).groupby(rows["seed"]).sum()
+            fewest = min(fewest, int(inside.min()) if len(inside) else 0)
+        held &= fewest >= need
+        parts.append(f"{settings['arms'][arm]['label']} {fewest} of {len(settings['arms'][arm]['lr'])}")
+    return Check(
+        held,
+        "weight decay acts where the slope reads it: lr rows whose good region ends inside the grid, the "
+        "fewest over the grid seeds and thresholds: "
+        + ", ".join(parts)
+        + f"; needed at least {need} in each",
+    )
+
+
 def ridges(runs: pd.DataFrame, settings: dict, drop: float) -> list[Ridge]:
     found = []
     for arm, info in settings["arms"].items():
@@ -310,7 +343,8 @@ def analyze_decoupling(runs: pd.DataFrame, curves: pd.DataFrame, settings: dict)
         drop: verdict_at({r.arm: r for r in ridges(runs, settings, drop)}, settings)
         for drop in settings["drops"]
     }
-    mechanism = mechanism_check(settings["mechanism"], runs, settings)
+    check_of = edges_check if settings["mechanism"]["kind"] == "edges" else mechanism_check
+    mechanism = check_of(settings["mechanism"], runs, settings)
     verdict = every_threshold(per_drop) if mechanism.held else not_tested(mechanism)
     body = [claim_line(settings), "", decoupling_design(runs, settings), "", grid_lines(settings), ""]
     table = [

@@ -115,11 +115,14 @@ def crossings(curves: pd.DataFrame, arm: str, seeds: list[int], target: float, b
 
 
 # ------------------------------------------------------------------------------------------------ mechanism
+MECHANISMS = ("decay", "edges", "averaging", "none")
+
+
 @dataclass
 class Mechanism:
     """What must act at this budget for the comparison to test the claim; failing, the study is not tested."""
 
-    kind: str = MISSING  # decay | averaging | none
+    kind: str = MISSING  # decay | edges (decoupling only) | averaging | none
     min_shrink: float | None = (
         None  # decay: the share of the weights' norm the chosen decay removes, at least
     )
@@ -128,14 +131,17 @@ class Mechanism:
     # wd axis (its decay acts there; its best is to use almost none), while one arm still needs min_shrink.
     # null: every arm needs min_shrink
     arm: str | None = None  # averaging: the NT-ASGD arm, whose every confirmation run must start averaging
+    min_rows: int | None = None  # edges: lr rows per grid seed, in each verdict arm and at every threshold,
+    # whose good region ends inside the grid (the slope is fitted to those rows: 3 at least)
 
     def __post_init__(self) -> None:
-        check(self.kind in ("decay", "averaging", "none"), "mechanism.kind", "must be decay, averaging or none",
-              self.kind)  # fmt: skip
+        check(self.kind in MECHANISMS, "mechanism.kind", f"must be one of {', '.join(MECHANISMS)}", self.kind)
         check(self.kind != "decay" or 0 < (self.min_shrink or 0) < 1, "mechanism.min_shrink", "must be in (0, 1)",
               self.min_shrink)  # fmt: skip
         check(self.min_spread is None or self.min_spread > 0, "mechanism.min_spread", "must be above 0 points",
               self.min_spread)  # fmt: skip
+        check(self.kind != "edges" or (self.min_rows or 0) >= 3, "mechanism.min_rows", "must be 3 or more",
+              self.min_rows)  # fmt: skip
         check(
             self.kind != "averaging" or bool(self.arm), "mechanism.arm", "must name the NT-ASGD arm", self.arm
         )
@@ -216,6 +222,7 @@ def mechanism_check(mechanism: dict, runs: pd.DataFrame, settings: dict) -> Chec
         return Check(True, "")
     if mechanism["kind"] == "decay":
         return decay_check(mechanism, runs, settings)
+    assert mechanism["kind"] == "averaging", mechanism["kind"]  # edges: studies/decoupling.py reads its grids
     part = runs[
         (runs["arm"] == mechanism["arm"]) & (runs["role"] == "confirm") & (runs["status"] == "finished")
     ]

@@ -115,6 +115,7 @@ COMPARE_TEST = {
     "diverged": 90.0,
 }
 DECAY = {"kind": "decay", "min_shrink": 0.1}
+EDGES = {"kind": "edges", "min_rows": 3}
 
 
 def grid_rows(arm: str, shrink: float) -> list[dict]:
@@ -191,7 +192,11 @@ def compare_study(
 
 
 def decoupling_study(
-    folder: Path, noise: float = 0.002, measure: str = "edge", drops: tuple[float, ...] = (0.5, 1.0, 2.0)
+    folder: Path,
+    noise: float = 0.002,
+    measure: str = "edge",
+    drops: tuple[float, ...] = (0.5, 1.0, 2.0),
+    mechanism: dict = DECAY,
 ) -> None:
     """Adam-L2's accuracy depends on lr x wd (a diagonal ridge), AdamW's on lambda alone (axis-aligned)."""
     rng = np.random.default_rng(2)
@@ -218,7 +223,7 @@ def decoupling_study(
         measure=measure,
         drops=drops,
         drop=drops[0],
-        mechanism=DECAY,
+        mechanism=mechanism,
         chosen={
             "adam_l2": {"lr": "0.001", "weight_decay": "0.1", "cells": 30},
             "adamw": {"lr": "0.001", "weight_decay": "0.1", "cells": 30},

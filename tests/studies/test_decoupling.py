@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from studies import decoupling, report, stats, trials
-from tests.studies.synthetic import decoupling_study
+from runner.errors import UsageError
+from studies import decoupling, report, reproduce, stats, trials
+from tests.studies.synthetic import EDGES, decoupling_study
 
 
 @pytest.mark.parametrize("measure", ["edge", "best"])
@@ -79,3 +80,27 @@ def test_a_grid_where_decay_removes_next_to_nothing_is_not_tested(tmp_path):
     runs.to_csv(tmp_path / "decoupling_runs.csv", index=False)
     (section,) = report.sections(tmp_path)
     assert section.verdict.outcome == stats.UNTESTED and "weight decay acts" in section.verdict.rule
+
+
+def test_the_edge_check_fails_where_a_good_region_runs_off_its_grid(tmp_path):
+    """AdamW's good region (around lambda 1e-3) ends inside its grid while the grid goes to 1e-1; cut the grid at
+    1e-3 and every row's edge is censored at the grid's end: nothing left for the slope, so not tested."""
+    decoupling_study(tmp_path, mechanism=EDGES)
+    (section,) = report.sections(tmp_path)
+    assert section.verdict.outcome == stats.SUPPORTED
+    assert "Adam-L2 5 of 5, AdamW 5 of 5; needed at least 3 in each" in section.verdict.rule + "".join(
+        section.body
+    )
+    runs = pd.read_csv(tmp_path / "decoupling_runs.csv")
+    cut = runs[(runs["arm"] != "adamw") | (runs["weight_decay"] <= 1e-3)]
+    cut.to_csv(tmp_path / "decoupling_runs.csv", index=False)
+    (section,) = report.sections(tmp_path)
+    assert section.verdict.outcome == stats.UNTESTED
+    assert "AdamW 0 of 5; needed at least 3 in each" in section.verdict.rule
+
+
+def test_the_edge_check_belongs_to_decoupling_studies_and_needs_three_rows():
+    with pytest.raises(UsageError, match="min_rows"):
+        reproduce.plan(["study=decoupling", "study.mechanism.min_rows=2"])
+    with pytest.raises(UsageError, match="edges is a decoupling study's check"):
+        reproduce.plan(["study=adamw_vs_adam", "study.mechanism.kind=edges", "+study.mechanism.min_rows=3"])
