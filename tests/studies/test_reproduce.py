@@ -175,7 +175,7 @@ def tiny_arguments(tmp_path: Path) -> list[str]:
         "shared.grid_seeds=[1]",
         "shared.sequential.stages=[3]",
     ]
-    for arm in ("adam_l2", "adamw", "amsgrad"):
+    for arm in ("adam_l2", "adamw", "amsgrad", "adam_l2_to_edge", "adamw_to_edge"):
         arguments += [f"shared.arms.{arm}.lr=[1e-3,1e-2,3e-2]", f"shared.arms.{arm}.weight_decay=[1e-4,1e-2]"]
     arguments += ["shared.arms.sgd.lr=[0.01,0.1,0.3]", "shared.arms.sgd.weight_decay=[1e-4,1e-2]"]
     return [
@@ -230,11 +230,15 @@ def test_every_study_runs_end_to_end_and_reports(tiny_reproduction):
     for section in report.sections(out):
         assert section.verdict.outcome in (*sequential.DECIDED, stats.INCONCLUSIVE, stats.UNTESTED)
     adamw = pd.read_csv(out / "adamw_vs_adam_runs.csv")
+    amsgrad, sgd = (pd.read_csv(out / f"{name}_runs.csv") for name in ("amsgrad", "sgd_vs_adamw"))
+    grids = [set(t.loc[(t["arm"] == "adamw") & (t["role"] == "select"), "sweep"]) for t in (amsgrad, sgd)]
+    assert (
+        len(grids[0] & grids[1]) == 1
+    )  # AdamW's grid on the shared grid seeds: one sweep, serving both studies
     decoupling = pd.read_csv(out / "decoupling_runs.csv")
-    shared = set(adamw.loc[adamw["arm"] == "adamw", "sweep"]) & set(
-        decoupling.loc[decoupling["arm"] == "adamw", "sweep"]
-    )
-    assert len(shared) == 1  # AdamW's grid (decoupling's grid seeds): one sweep, serving both studies
+    assert set(decoupling["arm"]) >= {"adam_l2_to_edge", "adamw_to_edge"}  # its own grids, seeds 5, 6
+    assert set(decoupling.loc[decoupling["role"] == "select", "seed"]) == {5, 6}
+    assert not set(decoupling["sweep"]) & set(adamw["sweep"])  # adamw_vs_adam keeps its grid seeds 3, 4
     assert adamw.loc[adamw["role"] == "select", "test_metric"].isna().all()  # selection shows no test figure
     confirm = adamw[adamw["role"] == "confirm"]
     assert sorted(confirm["seed"].unique()) == [301, 302, 303] and confirm["test_metric"].notna().all()
