@@ -97,6 +97,25 @@ def test_the_batch_mirrors_exactly_the_images_the_flips_name():
     assert torch.equal(unflipped, images)
 
 
+def test_the_flip_setting_reaches_the_training_batches(tiny_cfg):
+    """recipe.flip as composed decides which images of a real batch are mirrored: the same generator gives the
+    same order and crops under every setting, so the batches differ exactly by their flips."""
+
+    def first_batch(flip: str) -> torch.Tensor:
+        cfg = tiny_cfg(f"recipe.flip={flip}", "recipe.whiten=false", "trainer.precision=fp32")
+        task = cifar10.build(cfg, torch.device("cpu"))
+        x, _ = next(iter(task.batches(torch.Generator().manual_seed(0))))
+        return x
+
+    none, random_, alternating = (first_batch(f) for f in ("none", "random", "alternating"))
+    for flipped in (random_, alternating):
+        mirrored = (flipped != none).flatten(1).any(1)
+        assert 0 < mirrored.sum() < len(none)  # some images mirrored, not all
+        assert torch.equal(flipped[mirrored], none[mirrored].flip(-1))  # mirrored, nothing else changed
+        assert torch.equal(flipped[~mirrored], none[~mirrored])
+    assert not torch.equal(random_, alternating)  # the two draw different images to mirror
+
+
 def test_flip_translate_tta_averages_airbench94s_six_views():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Flatten(), nn.LazyLinear(4)).eval()
