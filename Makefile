@@ -42,12 +42,12 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# The whole suite, slow tests included (619 tests: 15.5 minutes on 2 cores, 18 with the install on a fresh clone: over the 15
-# of the goal: the SLURM, PostgreSQL and journal tests took 3 to 6 minutes on busy cores); `pytest -m
-# "not slow"` for a quick loop.
+# The whole suite, slow tests included (624 tests: 13.8 minutes of pytest on the 2-core AMD EPYC, 16.4 with the
+# install on a fresh clone, over the 15 of the goal; 8.3 and about 10 on the Intel Xeon with AMX); the 15 slowest
+# are listed at the end. `pytest -m "not slow"` for a quick loop.
 # pytest exits 5 when it collects nothing: for this project that means the suite is broken, so say so.
 test: data services lint
-	$(PY) -m pytest -q; rc=$$?; \
+	$(PY) -m pytest -q --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken"; fi; exit $$rc
 
 # The papers' claims (conf/study/): every study on the offline data, a replica on other seeds, then
