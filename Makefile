@@ -42,9 +42,9 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# The whole suite, slow tests included (624 tests: 13.8 minutes of pytest on the 2-core AMD EPYC, 16.4 with the
-# install on a fresh clone, over the 15 of the goal; 8.3 and about 10 on the Intel Xeon with AMX); the 15 slowest
-# are listed at the end. `pytest -m "not slow"` for a quick loop.
+# The whole suite, slow tests included (627 tests: 15.1 minutes of pytest on the 2-core AMD EPYC, 18.3 with the
+# install on a fresh clone, over the 15 of the goal; 8.3 and about 10 for 624 on the Intel Xeon with AMX); the 15
+# slowest are listed at the end (the end-to-end reproduction's setup 99 s). `pytest -m "not slow"` for a quick loop.
 # pytest exits 5 when it collects nothing: for this project that means the suite is broken, so say so.
 test: data services lint
 	$(PY) -m pytest -q --durations=15; rc=$$?; \
