@@ -247,22 +247,17 @@ def fit_rows(rows: pd.DataFrame, measure: str):
     return slope(usable["lr"].map(math.log10), usable[measure]) if len(usable) >= 3 else None
 
 
-def edges_check(mechanism: dict, runs: pd.DataFrame, settings: dict) -> Check:
+def edges_check(mechanism: dict, by_drop: dict[float, dict[str, Ridge]], settings: dict) -> Check:
     """Weight decay acts where the slope reads it: in each verdict arm's grid, for every grid seed and at every
     good-region threshold, at least min_rows lr rows have a good region that ends inside the grid (past its
     edge more decay costs more than the threshold). A region that runs off the grid is censored: it says
     nothing of where decay starts to hurt, and a grid of such rows cannot test the claim."""
     need, parts, held = mechanism["min_rows"], [], True
     for arm in (settings["coupled"], settings["decoupled"]):
-        grid = finished(runs, arm=arm, role="select")
-        goal = grid["goal"].iloc[0] if not grid.empty else "max"
-        fewest = len(settings["arms"][arm]["lr"])
-        for drop in settings["drops"]:
-            rows = wd_measures(grid, goal, drop)
-            inside = (~rows["censored"].astype(bool)).groupby(rows["seed"]).sum()
-            fewest = min(fewest, int(inside.min()) if len(inside) else 0)
+        lrs = len(settings["arms"][arm]["lr"])
+        fewest = min(min(inside_rows(found[arm].rows).values(), default=0) for found in by_drop.values())
         held &= fewest >= need
-        parts.append(f"{settings['arms'][arm]['label']} {fewest} of {len(settings['arms'][arm]['lr'])}")
+        parts.append(f"{settings['arms'][arm]['label']} {fewest} of {lrs}")
     return Check(
         held,
         "weight decay acts where the slope reads it: lr rows whose good region ends inside the grid, the "
@@ -270,6 +265,11 @@ def edges_check(mechanism: dict, runs: pd.DataFrame, settings: dict) -> Check:
         + ", ".join(parts)
         + f"; needed at least {need} in each",
     )
+
+
+def inside_rows(rows: pd.DataFrame) -> dict:
+    """Grid seed -> its lr rows whose good region ends inside the grid (an edge, not censored)."""
+    return (~rows["censored"].astype(bool)).groupby(rows["seed"]).sum().astype(int).to_dict()
 
 
 def ridges(runs: pd.DataFrame, settings: dict, drop: float) -> list[Ridge]:
@@ -335,16 +335,17 @@ def every_threshold(verdicts: dict[float, Verdict]) -> Decision:
 
 
 def analyze_decoupling(runs: pd.DataFrame, curves: pd.DataFrame, settings: dict) -> Section:
-    found = {r.arm: r for r in ridges(runs, settings, settings["drop"])}
+    by_drop = {drop: {r.arm: r for r in ridges(runs, settings, drop)} for drop in settings["drops"]}
+    found = by_drop[settings["drop"]]  # the first threshold: the table and the figure
     coupled, decoupled = found[settings["coupled"]], found[settings["decoupled"]]
     shown = list(found.values()) + ([torch_ridge(decoupled)] if settings["torch_view"] else [])
     measure = settings["measure"]
-    per_drop = {
-        drop: verdict_at({r.arm: r for r in ridges(runs, settings, drop)}, settings)
-        for drop in settings["drops"]
-    }
-    check_of = edges_check if settings["mechanism"]["kind"] == "edges" else mechanism_check
-    mechanism = check_of(settings["mechanism"], runs, settings)
+    per_drop = {drop: verdict_at(ridges_at, settings) for drop, ridges_at in by_drop.items()}
+    mechanism = (
+        edges_check(settings["mechanism"], by_drop, settings)
+        if settings["mechanism"]["kind"] == "edges"
+        else mechanism_check(settings["mechanism"], runs, settings)
+    )
     verdict = every_threshold(per_drop) if mechanism.held else not_tested(mechanism)
     body = [claim_line(settings), "", decoupling_design(runs, settings), "", grid_lines(settings), ""]
     table = [
