@@ -1,8 +1,7 @@
-"""Every (variant, precision, engine) as a callable forward(inputs) -> logits, and its measured accuracy.
+"""Every (variant, precision, engine) as a file, a callable forward(inputs) -> logits, and its accuracy.
 
-Accuracy is measured on the test split for every row, int8 included: quantization changes the outputs
-noticeably, so it is never assumed to match fp32 (torch fp32 rows take the scores their training stage measured
-on the same saved model).
+Accuracy is measured for every row on its own engine, on the validation split (which chooses the winner) and
+the test split (which is reported): quantization changes the outputs, so it is never assumed to match fp32.
 """
 
 from __future__ import annotations
@@ -17,10 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from runner.sparsify import export, pruning, training
+from runner.sparsify import export, pruning, sessions, task, training
 
 Forward = Callable[[dict[str, torch.Tensor]], np.ndarray]
-DENSE_TORCH_EXTRAS = ("bf16", "int8")  # torch precisions benchmarked for the dense model only
 
 
 def at_precision(model: torch.nn.Module, precision: str) -> torch.nn.Module:
@@ -45,12 +43,11 @@ def torch_forward(model: torch.nn.Module, precision: str) -> Forward:
     return forward
 
 
-def open_engine(row: dict, threads: int) -> Forward:
-    """A ready forward for one benchmark row (torch threads are set by the caller, per block)."""
+def open_engine(row: dict, threads: int, export_cfg: Any, spinning: bool | None = None) -> Forward:
+    """A ready forward for one row (torch threads are set by the caller; spinning: see sessions.session)."""
     if row["engine"] == "torch":
         return torch_forward(torch_model(Path(row["path"]), row["precision"]), row["precision"])
-    sess = export.session(Path(row["path"]), threads)
-    return lambda inputs: export.run_session(sess, inputs)
+    return sessions.open_exported(row, threads, export_cfg, spinning)
 
 
 def row_scores(found: dict[str, Any]) -> dict[str, float]:
@@ -58,8 +55,45 @@ def row_scores(found: dict[str, Any]) -> dict[str, float]:
     return {"accuracy": found["test_accuracy"], "macro_f1": found["test_macro_f1"]}
 
 
-def accuracy(forward: Forward, test: dict[str, torch.Tensor], batch_size: int) -> dict[str, float]:
-    return row_scores(training.scores(training.predict(forward, test, batch_size), test["labels"], "test"))
+SPLITS_READ = ("validation", "test")  # validation chooses the winner; test is reported
+
+
+def split_batches(split: dict[str, torch.Tensor], batch_size: int) -> list[dict[str, torch.Tensor]]:
+    order = torch.arange(len(split["labels"]))
+    return [{k: b[k] for k in export.INPUTS if k in b} for b in task.batches(split, batch_size, order)]
+
+
+def as_numpy(batches: list[dict[str, torch.Tensor]]) -> list[dict[str, np.ndarray]]:
+    return [{k: v.numpy() for k, v in b.items()} for b in batches]
+
+
+def calibration(
+    train: dict[str, torch.Tensor], examples: int, batch_size: int
+) -> list[dict[str, np.ndarray]]:
+    """The first `examples` training examples, in batches: the only data static quantization sees."""
+    head = {k: v[:examples] for k, v in train.items() if k in (*export.INPUTS, "labels")}
+    return as_numpy(split_batches(head, batch_size))
+
+
+def accuracy(row: dict, splits: dict[str, dict], export_cfg: Any) -> dict[str, float]:
+    """Test accuracy and macro F1, and validation accuracy, of one row measured on its own engine."""
+    batches = {s: split_batches(splits[s], export_cfg.eval_batch_size) for s in SPLITS_READ}
+    if row["engine"] == "openvino":  # in a process of its own (see isolated.py)
+        from runner.sparsify import isolated, openvino_engine
+
+        ov, flat = export_cfg.openvino, as_numpy([*batches["validation"], *batches["test"]])
+        precision = sessions.openvino_precision(row, ov)
+        found = isolated.call(
+            openvino_engine.logits, row["path"], torch.get_num_threads(), ov.hint, precision, flat
+        )
+        out = {"validation": found[: len(splits["validation"]["labels"])]}
+        out["test"] = found[len(out["validation"]) :]
+    else:
+        forward = open_engine(row, torch.get_num_threads(), export_cfg)
+        out = {s: np.concatenate([forward(b) for b in batches[s]]) for s in SPLITS_READ}
+    val = training.scores(out["validation"], splits["validation"]["labels"], "val")
+    test = training.scores(out["test"], splits["test"]["labels"], "test")
+    return row_scores(test) | {"val_accuracy": val["val_accuracy"]}
 
 
 def quiet() -> contextlib.ExitStack:
@@ -73,69 +107,80 @@ def quiet() -> contextlib.ExitStack:
     return stack
 
 
-def build_variant(
-    run: Any, variant: Any, folder: Path, test: dict[str, torch.Tensor], trained: dict[str, float]
-) -> list[dict]:
-    """Rows for one trained variant: torch precisions, then its ONNX fp32 (and int8) export.
-
-    `trained`: the torch fp32 test scores its training stage measured on this very model (not measured twice).
-    """
+def build_variant(run: Any, variant: Any, folder: Path, splits: dict[str, dict]) -> list[dict]:
+    """Rows for one trained variant: its torch precisions, then every ONNX Runtime and OpenVINO form of its
+    ONNX export that export.kinds names, each with its accuracy measured on its own engine."""
     cfg = run.cfg
-    int8 = str(cfg.quantize) == "int8"
-    extras = [p for p in DENSE_TORCH_EXTRAS if p != "int8" or (int8 and cfg.export.torch_int8)]
-    precisions = ["fp32", *(extras if variant.name == "dense" else [])]
     model = training.load_saved(folder)
     params, nonzero = pruning.count(model)
     base = {"variant": variant.name, "sparsity": variant.sparsity, "structured": variant.structured}
     base |= {"layers": model.config.num_hidden_layers, "params": params, "nonzero_params": nonzero}
-    base |= {"vocab_size": model.config.vocab_size, "test_examples": len(test["labels"])}
+    base |= {"vocab_size": model.config.vocab_size, "test_examples": len(splits["test"]["labels"])}
+    wanted = [
+        (str(k.engine), str(k.precision))
+        for k in cfg.export.kinds
+        if variant.name == "dense" or not k.dense_only
+    ]
+    if str(cfg.quantize) == "none":
+        wanted = [(e, p) for e, p in wanted if not p.startswith("int8")]
     rows = []
-    for precision in precisions:
-        m = at_precision(model, precision)  # quantize_dynamic copies: `model` stays fp32 for the export
-        if precision == "fp32":
-            found = trained
+    for engine, precision in wanted:
+        if engine == "torch":
+            path = folder
+            size = training.state_mb(at_precision(model, precision))
         else:
-            found = accuracy(torch_forward(m, precision), test, cfg.export.eval_batch_size)
-        rows.append(
-            base
-            | found
-            | {
-                "precision": precision,
-                "engine": "torch",
-                "path": str(folder),
-                "file_mb": training.state_mb(m),
-            }
-        )
-    for precision in ["fp32", "int8"] if int8 else ["fp32"]:
-        path = onnx_file(run.dir, variant.name, precision, model, cfg.export)
-        forward = open_engine({"engine": "onnxruntime", "path": str(path)}, threads=torch.get_num_threads())
-        found = accuracy(forward, test, cfg.export.eval_batch_size)
-        rows.append(
-            base
-            | found
-            | {
-                "precision": precision,
-                "engine": "onnxruntime",
-                "path": str(path),
-                "file_mb": path.stat().st_size / 2**20,
-            }
-        )
+            path = artifact(run.dir, variant.name, engine, precision, model, cfg.export, splits["train"])
+            size = sum(f.stat().st_size for f in path.parent.iterdir()) / 2**20
+        row = base | {"precision": precision, "engine": engine, "path": str(path), "file_mb": size}
+        rows.append(row | accuracy(row, splits, cfg.export))
     return rows
 
 
-def onnx_file(run_dir: Path, name: str, precision: str, model: torch.nn.Module, export_cfg: Any) -> Path:
-    """variants/<name>-<precision>/model.onnx; the fp32 export is checked against torch first."""
+def artifact(
+    run_dir: Path,
+    name: str,
+    engine: str,
+    precision: str,
+    model: torch.nn.Module,
+    export_cfg: Any,
+    train: dict,
+) -> Path:
+    """variants/<name>-<precision>[-openvino]/model.onnx|xml, built from the variant's checked fp32 export."""
+    from runner.sparsify import isolated, openvino_engine
+
     fp32 = run_dir / "variants" / f"{name}-fp32" / "model.onnx"
-    if precision == "fp32":
-        check_inputs = export.example_inputs(2, 16, model.config.vocab_size, seed=0)
-        with quiet():
-            export.export_onnx(model, fp32, export_cfg, check_inputs)
-        check_export(model, fp32, export_cfg.atol)
-        return fp32
+    if not fp32.exists():
+        onnx_file(fp32, model, export_cfg)
+    folder = run_dir / "variants" / (f"{name}-{precision}" + ("-openvino" if engine == "openvino" else ""))
+    folder.mkdir(parents=True, exist_ok=True)
+    calib = lambda: calibration(train, export_cfg.calibration_examples, export_cfg.eval_batch_size)  # noqa: E731
     with quiet():
-        return export.quantize_onnx(
-            fp32, fp32.parent.with_name(f"{name}-{precision}") / "model.onnx", export_cfg
+        if engine == "onnxruntime" and precision == "fp32":
+            return fp32
+        if engine == "onnxruntime" and precision == "int8":
+            return export.quantize_onnx(fp32, folder / "model.onnx", export_cfg)
+        if engine == "onnxruntime" and precision == "int8-static":
+            return export.quantize_static_onnx(fp32, folder / "model.onnx", calib(), export_cfg.static)
+        ir = run_dir / "variants" / f"{name}-fp32-openvino" / "model.xml"
+        if not ir.exists():
+            ir.parent.mkdir(parents=True, exist_ok=True)
+            isolated.call(openvino_engine.convert, str(fp32), str(ir))
+        if precision == "fp32":
+            return ir
+        target = folder / "model.xml"
+        isolated.call(
+            openvino_engine.quantize, str(ir), str(target), calib(), export_cfg.calibration_examples
         )
+        return target
+
+
+def onnx_file(fp32: Path, model: torch.nn.Module, export_cfg: Any) -> Path:
+    """The fp32 export, checked against torch on shapes other than the traced ones."""
+    check_inputs = export.example_inputs(2, 16, model.config.vocab_size, seed=0)
+    with quiet():
+        export.export_onnx(model, fp32, export_cfg, check_inputs)
+    check_export(model, fp32, export_cfg.atol)
+    return fp32
 
 
 def check_export(model: torch.nn.Module, path: Path, atol: float) -> None:
@@ -143,7 +188,7 @@ def check_export(model: torch.nn.Module, path: Path, atol: float) -> None:
     inputs = export.example_inputs(3, 24, model.config.vocab_size, seed=1)
     with torch.no_grad():
         expected = model(**inputs).logits.numpy()
-    got = export.run_session(export.session(path, torch.get_num_threads()), inputs)
+    got = sessions.run_session(sessions.session(path, torch.get_num_threads()), inputs)
     error = float(np.abs(got - expected).max())
     if error > atol:
         raise RuntimeError(

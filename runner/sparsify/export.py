@@ -1,4 +1,5 @@
-"""ONNX export (torch.onnx.export) and dynamic int8 quantization (onnxruntime and torch.ao)."""
+"""ONNX export (torch.onnx.export); int8 quantization: dynamic (onnxruntime, torch.ao) and static (onnxruntime
+QDQ, calibrated)."""
 
 from __future__ import annotations
 
@@ -63,6 +64,43 @@ def quantize_onnx(source: Path, target: Path, export_cfg: Any) -> Path:
     return target
 
 
+def quantize_static_onnx(source: Path, target: Path, calibration: list[dict], static_cfg: Any) -> Path:
+    """Static int8 in QDQ form: int8 weights per output channel, activation ranges fixed offline from
+    `calibration` (batches of training examples only: the caller's guarantee, tested); ONNX Runtime fuses
+    each QuantizeLinear/DequantizeLinear pair around a MatMul into an integer kernel when it loads the file."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    reader = CalibrationReader(calibration)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with replaced_atomically(target) as tmp:
+        quantize_static(
+            source,
+            tmp,
+            reader,
+            quant_format=QuantFormat.QDQ,
+            per_channel=static_cfg.per_channel,
+            activation_type=QuantType[static_cfg.activation_type],
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=list(static_cfg.op_types),
+            calibrate_method=CalibrationMethod[static_cfg.method],
+        )
+    return target
+
+
+class CalibrationReader:
+    """onnxruntime's CalibrationDataReader protocol over a list of input batches (numpy, by input name)."""
+
+    def __init__(self, batches: list[dict]) -> None:
+        self.batches = batches
+        self.rewind()
+
+    def get_next(self) -> dict | None:
+        return next(self.remaining, None)
+
+    def rewind(self) -> None:
+        self.remaining = iter(self.batches)
+
+
 def quantize_torch(model: torch.nn.Module) -> torch.nn.Module:
     """torch.ao dynamic int8 on every Linear (deprecated in favour of torchao, but still runs on CPU)."""
     import warnings
@@ -83,21 +121,3 @@ def check_onnx(path: Path) -> None:
     except Exception as err:  # noqa: BLE001 - protobuf's decode errors, onnx's checker: any means unreadable
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UsageError(f"{path} is not a readable ONNX model ({reason})") from err
-
-
-def session(path: Path, threads: int) -> Any:
-    """An onnxruntime CPU session with a fixed number of intra-op threads."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3  # errors only
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def run_session(sess: Any, inputs: dict[str, torch.Tensor]) -> Any:
-    wanted = {i.name for i in sess.get_inputs()}  # the exporter may drop an unused input
-    return sess.run(None, {k: v.numpy() for k, v in inputs.items() if k in wanted})[0]

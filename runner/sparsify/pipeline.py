@@ -173,8 +173,7 @@ def quantize(run: Run, forced: bool) -> None:
         for variant in bar.track(variants(run.cfg), description="export, quantize, test accuracy"):
             folder = model_dir(run, variant)
             require(folder / DONE, "quantize")
-            trained = engines.row_scores(read_json_file(folder / DONE))  # what finish() measured
-            rows += engines.build_variant(run, variant, folder, encoded["test"], trained)
+            rows += engines.build_variant(run, variant, folder, encoded)
     write_json(out, rows)
 
 

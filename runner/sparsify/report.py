@@ -11,13 +11,13 @@ from runner import render
 from runner.results import read_json_file, replaced_atomically, write_text
 
 COLUMNS = [
-    "variant", "sparsity", "structured", "layers", "precision", "engine", "accuracy", "accuracy_drop", "params",
-    "nonzero_params", "file_mb", "batch", "seq_len", "threads", "latency_p50_ms", "latency_p90_ms",
-    "throughput_per_s", "speedup",
+    "variant", "sparsity", "structured", "layers", "precision", "engine", "val_accuracy", "val_drop", "accuracy",
+    "accuracy_drop", "params", "nonzero_params", "file_mb", "batch", "seq_len", "threads", "latency_p50_ms",
+    "latency_p90_ms", "latency_p99_ms", "throughput_per_s", "speedup", "speedup_vs_int8", "int8_baseline",
 ]  # fmt: skip
-ENGINES = ("deepsparse", "onnxruntime", "torch")  # fixed colours in the plot
+ENGINES = ("deepsparse", "onnxruntime", "openvino", "torch")  # fixed colours in the plot
 GOAL_DROP = 0.01  # "within 1 point of the dense model's accuracy" (accuracy is a fraction)
-GOAL_SPEEDUP = 4.0  # "at least 4x faster than dense fp32 PyTorch" at the headline point
+GOAL_SPEEDUP = 4.0  # "at least 4x the fastest dense int8 deployment" at the headline point
 PLOT = "pareto.png"
 COMMANDS = "commands.txt"  # every command run on this directory, appended by the pipeline
 
@@ -31,24 +31,41 @@ def is_baseline(r: dict) -> bool:
     return r["variant"] == "dense" and r["engine"] == "torch" and r["precision"] == "fp32"
 
 
+def is_dense_int8(r: dict) -> bool:
+    """A dense int8 deployment: the baseline a user had without pruning (the fastest one at each point)."""
+    return r["variant"] == "dense" and r["precision"].startswith("int8")
+
+
 def comparison(rows: list[dict], timings: list[dict]) -> list[dict]:
-    """One row per variant, precision, engine and benchmark point; speedup vs dense fp32 torch there."""
+    """One row per variant, precision, engine and benchmark point: speedups against dense fp32 torch and
+    against the fastest dense int8 deployment at the same point; accuracy drops against dense fp32 torch."""
     dense = next(r for r in rows if is_baseline(r))
     point = lambda t: (t["batch"], t["seq_len"], t["threads"])  # noqa: E731
     baseline = {
         point(t): t["latency_p50_ms"] for t in timings if rows[t["row"]] is dense and "engine" not in t
     }
+    int8: dict[tuple, dict] = {}
+    for t in timings:
+        if is_dense_int8(rows[t["row"]]) and "engine" not in t:
+            best = int8.get(point(t))
+            int8[point(t)] = t if best is None or t["latency_p50_ms"] < best["latency_p50_ms"] else best
     table = []
     for t in timings:
         row = rows[t["row"]]
+        fastest_int8 = int8.get(point(t))
         table.append({
             **{k: row[k] for k in ("variant", "sparsity", "structured", "layers", "precision", "params", "nonzero_params")},
             "engine": t.get("engine", row["engine"]),
+            "val_accuracy": row["val_accuracy"],
+            "val_drop": dense["val_accuracy"] - row["val_accuracy"],
             "accuracy": row["accuracy"],
             "accuracy_drop": dense["accuracy"] - row["accuracy"],
             "file_mb": row["file_mb"],
             **{k: t[k] for k in ("batch", "seq_len", "threads", "latency_p50_ms", "latency_p90_ms", "throughput_per_s")},
+            "latency_p99_ms": t.get("latency_p99_ms", float("nan")),
             "speedup": baseline[point(t)] / t["latency_p50_ms"],
+            "speedup_vs_int8": fastest_int8["latency_p50_ms"] / t["latency_p50_ms"] if fastest_int8 else float("nan"),
+            "int8_baseline": name(rows[fastest_int8["row"]]) if fastest_int8 else "",
             "spread": t["spread"],
             "macro_f1": row["macro_f1"],
         })  # fmt: skip
@@ -76,20 +93,27 @@ def at(table: list[dict], point: list[int]) -> list[dict]:
     return [r for r in table if [r["batch"], r["seq_len"], r["threads"]] == list(point)]
 
 
+def winner(headline: list[dict]) -> dict:
+    """The fastest row whose validation accuracy is within GOAL_DROP of dense fp32 torch's (chosen on the
+    validation split: the test split only reports); dense fp32 torch itself qualifies, so there always is one."""
+    close = [r for r in headline if r["val_drop"] <= GOAL_DROP + 1e-12]
+    return max(close, key=lambda r: r["speedup"])  # one point: the same order as speedup_vs_int8
+
+
 def verdict(headline: list[dict]) -> str:
-    """The goal line: the fastest variant within 1 point of dense accuracy, and what unstructured zeros buy."""
-    close = [r for r in headline if r["accuracy_drop"] <= GOAL_DROP]
-    best = max(close, key=lambda r: r["speedup"])
+    """The goal line: the winner against the fastest dense int8 deployment, and what unstructured zeros buy."""
+    best = winner(headline)
     lines = [
-        f"Fastest variant within {GOAL_DROP * 100:g} point of dense accuracy: **{name(best)}**, "
-        f"{best['speedup']:.2f}x dense fp32 PyTorch ({best['latency_p50_ms']:.2f} ms p50, accuracy "
-        f"{best['accuracy']:.4f}, drop {best['accuracy_drop'] * 100:+.2f} points); goal >= {GOAL_SPEEDUP:g}x: "
-        f"{'met' if best['speedup'] >= GOAL_SPEEDUP else 'not met'}."
+        f"Fastest variant within {GOAL_DROP * 100:g} point of dense validation accuracy: **{name(best)}**, "
+        f"{best['speedup_vs_int8']:.2f}x the fastest dense int8 deployment ({best['int8_baseline']}) and "
+        f"{best['speedup']:.2f}x dense fp32 PyTorch ({best['latency_p50_ms']:.2f} ms p50; test accuracy "
+        f"{best['accuracy']:.4f}, drop {best['accuracy_drop'] * 100:+.2f} points); goal >= {GOAL_SPEEDUP:g}x the "
+        f"dense int8: {'met' if best['speedup_vs_int8'] >= GOAL_SPEEDUP else 'not met'}."
     ]
     fastest = max(headline, key=lambda r: r["speedup"])
     lines.append(
-        f"- fastest at any accuracy: {name(fastest)}, {fastest['speedup']:.2f}x, accuracy drop "
-        f"{fastest['accuracy_drop'] * 100:+.2f} points"
+        f"- fastest at any accuracy: {name(fastest)}, {fastest['speedup_vs_int8']:.2f}x the dense int8, "
+        f"validation drop {fastest['val_drop'] * 100:+.2f} points"
     )
     dense = {(r["engine"], r["precision"]): r for r in headline if r["variant"] == "dense"}
     for r in headline:
@@ -135,8 +159,9 @@ def plot(path: Path, headline: list[dict], point: list[int]) -> None:
             )
     dense = next(r for r in headline if is_baseline(r))
     ax.axhline((dense["accuracy"] - GOAL_DROP) * 100, color="grey", ls="--", lw=0.8, label="dense - 1 point")
-    ax.axvline(dense["latency_p50_ms"] / GOAL_SPEEDUP, color="grey", ls=":", lw=0.8,
-               label=f"{GOAL_SPEEDUP:g}x dense fp32 torch")  # fmt: skip
+    int8 = min((r for r in headline if is_dense_int8(r)), key=lambda r: r["latency_p50_ms"], default=dense)
+    ax.axvline(int8["latency_p50_ms"] / GOAL_SPEEDUP, color="grey", ls=":", lw=0.8,
+               label=f"{GOAL_SPEEDUP:g}x {name(int8)}")  # fmt: skip
     front = pareto_front(headline)
     ax.step([r["latency_p50_ms"] for r in front], [r["accuracy"] * 100 for r in front], where="post", color="k",
             lw=1, label="Pareto front")  # fmt: skip
@@ -179,6 +204,7 @@ def print_table(headline: list[dict]) -> None:
         "latency_p50_ms",
         "throughput_per_s",
         "speedup",
+        "speedup_vs_int8",
     ]
     table = Table(*columns, title="sparsify-bert at the headline point")
     for r in sorted(headline, key=lambda r: r["latency_p50_ms"]):
@@ -206,6 +232,7 @@ def write(cfg: Any, run_dir: Path) -> None:
         "layers",
         "precision",
         "engine",
+        "val_accuracy",
         "accuracy",
         "macro_f1",
         "accuracy_drop",
@@ -216,6 +243,7 @@ def write(cfg: Any, run_dir: Path) -> None:
         "latency_p90_ms",
         "throughput_per_s",
         "speedup",
+        "speedup_vs_int8",
         "spread",
     ]
     text = [

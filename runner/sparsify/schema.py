@@ -170,15 +170,73 @@ class Quantize(StrEnum):
     none = "none"
 
 
+class Engine(StrEnum):
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+
+
+# bf16: torch autocast; int8: dynamic (activations quantized per batch at run time); int8-static: activation
+# ranges calibrated offline on training examples. (Functional form: a member name cannot hold a hyphen.)
+Precision = StrEnum("Precision", {p: p for p in ("fp32", "bf16", "int8", "int8-static")})
+
+PRECISIONS = {  # what each engine runs
+    Engine.torch: {"fp32", "bf16", "int8"},
+    Engine.onnxruntime: {"fp32", "int8", "int8-static"},
+    Engine.openvino: {"fp32", "int8-static"},
+}
+
+
+@dataclass
+class KindConfig:
+    engine: Engine = MISSING
+    precision: Precision = MISSING
+    dense_only: bool = MISSING  # built for the dense model alone (a comparison point, not a deployment)
+
+    def __post_init__(self) -> None:
+        check(
+            self.precision in PRECISIONS[self.engine],
+            "export.kinds",
+            f"{self.engine} runs {sorted(PRECISIONS[self.engine])}",
+            f"{self.engine} {self.precision}",
+        )
+
+
+@dataclass
+class StaticConfig:  # onnxruntime.quantization.quantize_static
+    per_channel: bool = MISSING  # one weight scale per output channel
+    activation_type: str = MISSING  # QUInt8 | QInt8 (onnxruntime QuantType)
+    method: str = MISSING  # MinMax | Entropy | Percentile (onnxruntime CalibrationMethod)
+    op_types: list[str] = MISSING  # ONNX op types quantized
+
+
+@dataclass
+class OpenVINOConfig:
+    hint: str = MISSING  # PERFORMANCE_HINT: LATENCY | THROUGHPUT
+    fp32_precision: str | None = MISSING  # INFERENCE_PRECISION_HINT of fp32 rows
+    int8_precision: str | None = MISSING  # ... of int8 rows' unquantized ops; null: the engine's own choice
+
+
 @dataclass
 class ExportConfig:
     opset: int = MISSING  # ONNX opset
     dynamo: bool = MISSING  # torch.onnx.export's dynamo exporter (needs onnxscript)
     per_channel: bool = MISSING  # onnxruntime quantize_dynamic: one scale per output channel
     reduce_range: bool = MISSING  # 7-bit weights (for CPUs without VNNI)
-    torch_int8: bool = MISSING  # also torch.ao dynamic int8 on the dense model (deprecated API)
+    kinds: list[KindConfig] = MISSING  # every (engine, precision) built and benchmarked
+    calibration_examples: int = MISSING  # training examples that set static int8 activation ranges
+    static: StaticConfig = MISSING
+    openvino: OpenVINOConfig = MISSING
     atol: float = MISSING  # ONNX fp32 vs torch logits, absolute tolerance at export
     eval_batch_size: int = MISSING  # examples per forward pass when measuring accuracy
+
+    def __post_init__(self) -> None:
+        check(
+            self.calibration_examples > 0,
+            "export.calibration_examples",
+            "must be > 0",
+            self.calibration_examples,
+        )
 
 
 @dataclass

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from runner.sparsify import engines, export, training
+from runner.sparsify import engines, export, sessions, training
 from runner.sparsify.distill import distillation_loss
 from runner.sparsify.schema import compose
 from tests.runner.sparsify.test_pruning import tiny_bert
@@ -70,15 +70,15 @@ def test_onnx_fp32_equals_torch_on_new_shapes(exported):
     inputs = export.example_inputs(3, 20, 50, seed=3)  # not the traced batch/sequence length
     with torch.no_grad():
         expected = model(**inputs).logits.numpy()
-    got = export.run_session(export.session(fp32, threads=1), inputs)
+    got = sessions.run_session(sessions.session(fp32, threads=1), inputs)
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
 def test_onnx_int8_is_smaller_and_close_to_fp32(exported):
     _, fp32, int8 = exported
     inputs = export.example_inputs(4, 16, 50, seed=4)
-    reference = export.run_session(export.session(fp32, threads=1), inputs)
-    quantized = export.run_session(export.session(int8, threads=1), inputs)
+    reference = sessions.run_session(sessions.session(fp32, threads=1), inputs)
+    quantized = sessions.run_session(sessions.session(int8, threads=1), inputs)
     assert int8.stat().st_size < fp32.stat().st_size
     assert np.abs(quantized - reference).max() < INT8_TOLERANCE
     assert not np.array_equal(quantized, reference)  # really int8 arithmetic, not a copy

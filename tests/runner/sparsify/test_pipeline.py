@@ -1,4 +1,5 @@
-"""The whole sparsify-bert pipeline on a tiny random BERT and a fixture JSON file (slow: about a minute)."""
+"""The whole sparsify-bert pipeline on a tiny random BERT and a fixture JSON file (slow: a few minutes;
+the TorchScript exporter here, the dynamo one in test_export)."""
 
 import csv
 import json
@@ -11,6 +12,12 @@ from runner.sparsify.schema import compose
 from tests.runner.sparsify.test_pruning import tiny_bert
 from tests.runner.sparsify.test_task import wiki_file  # noqa: F401 - the fixture
 
+DENSE_INT8 = [
+    ("int8", "torch"),
+    ("int8", "onnxruntime"),
+    ("int8-static", "onnxruntime"),
+    ("int8-static", "openvino"),
+]
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 
@@ -32,7 +39,7 @@ def test_pipeline_end_to_end_then_bench_stage_alone(tmp_path, wiki_file, tiny_mo
     run_dir = tmp_path / "run"
     overrides = [
         "model.package=null", f"model.name_or_path={tiny_model_dir}", "task.package=null", f"task.file={wiki_file}",
-        "task.train_limit=null", "task.max_len=16", "trainer.epochs=1", "trainer.batch_size=8",
+        "task.train_limit=null", "task.max_len=16", "export.dynamo=false", "trainer.epochs=1", "trainer.batch_size=8",
         "trainer.progress=false", "prune.epochs=1", "prune.layer_drop_epochs=1", "prune.update_every=1", "sparsify.sparsity=[0.5]", "sparsify.layers=[null,1]",
         "bench.batch_sizes=[1]", "bench.seq_lens=[16]", "bench.threads=[1]", "bench.headline=[1,16,1]",
         "bench.iters=2", "bench.warmup=1", "bench.repeats=2", "bench.instances.iters=2",
@@ -44,7 +51,10 @@ def test_pipeline_end_to_end_then_bench_stage_alone(tmp_path, wiki_file, tiny_mo
     assert list(rows[0]) == report.COLUMNS
     kinds = {(r["variant"], r["precision"], r["engine"]) for r in rows}
     assert ("dense", "fp32", "torch") in kinds and ("s0.5-structured", "int8", "onnxruntime") in kinds
-    assert len(rows) == 5 + 3 * 3  # dense: torch fp32/bf16/int8 + ORT fp32/int8; pruned: torch fp32 + ORT x2
+    # dense: torch fp32/bf16/int8, ORT fp32/int8/int8-static, OpenVINO fp32/int8-static; pruned: all but torch's two
+    assert len(rows) == 8 + 3 * 6
+    assert ("s0.5-structured-1L", "int8-static", "openvino") in kinds
+    assert {r["int8_baseline"] for r in rows} <= {f"dense {p} {e}" for p, e in DENSE_INT8}
     assert {r["layers"] for r in rows if r["variant"] == "s0.5-structured-1L"} == {
         "1"
     }  # of the tiny BERT's 2
@@ -53,7 +63,11 @@ def test_pipeline_end_to_end_then_bench_stage_alone(tmp_path, wiki_file, tiny_mo
     dense_onnx = next(
         r for r in rows if (r["variant"], r["precision"], r["engine"]) == ("dense", "fp32", "onnxruntime")
     )
-    assert dense_onnx["accuracy"] == dense["accuracy"]  # measured anew on ONNX; torch's comes from training
+    assert dense_onnx["accuracy"] == dense["accuracy"]  # the same function, measured on its own engine
+    dense_ov = next(
+        r for r in rows if (r["variant"], r["precision"], r["engine"]) == ("dense", "fp32", "openvino")
+    )
+    assert dense_ov["accuracy"] == dense["accuracy"]
     structured = next(r for r in rows if r["variant"] == "s0.5-structured" and r["engine"] == "torch")
     assert int(structured["params"]) < int(dense["params"])  # heads and neurons really removed
     for name in (
@@ -62,8 +76,10 @@ def test_pipeline_end_to_end_then_bench_stage_alone(tmp_path, wiki_file, tiny_mo
         "s0.5-structured-int8",
         "s0.5-unstructured-fp32",
         "s0.5-structured-1L-int8",
+        "s0.5-structured-int8-static",
     ):
         assert (run_dir / "variants" / name / "model.onnx").is_file()
+    assert (run_dir / "variants" / "s0.5-structured-int8-static-openvino" / "model.xml").is_file()
     assert (run_dir / "pareto.png").stat().st_size > 0
     assert "goal >= 4x" in (run_dir / "report.md").read_text()
 

@@ -1,5 +1,7 @@
 """Benchmark summaries and the comparison table on hand-made timings."""
 
+import math
+
 import pytest
 
 from runner.sparsify import bench, report
@@ -16,7 +18,7 @@ def test_summarize_percentiles_throughput_and_spread():
 
 def row(variant, precision, engine, accuracy, structured=False):
     return {"variant": variant, "sparsity": 0.5, "structured": structured, "layers": 6, "precision": precision,
-            "engine": engine, "accuracy": accuracy, "macro_f1": accuracy, "params": 10, "nonzero_params": 5,
+            "engine": engine, "accuracy": accuracy, "val_accuracy": accuracy, "macro_f1": accuracy, "params": 10, "nonzero_params": 5,
             "file_mb": 1.0}  # fmt: skip
 
 
@@ -26,12 +28,39 @@ def timing(index, batch, latency, **extra):
 
 
 def test_speedup_and_accuracy_drop_are_against_dense_fp32_torch_at_the_same_point():
-    rows = [row("dense", "fp32", "torch", 0.92), row("s0.5-structured", "int8", "onnxruntime", 0.915, True)]
+    rows = [
+        row("dense", "fp32", "torch", 0.92),
+        row("s0.5-structured", "int8", "onnxruntime", 0.915, True),
+        row("dense", "int8", "onnxruntime", 0.918),
+        row("dense", "int8-static", "openvino", 0.917),
+    ]
     timings = [timing(0, 1, 20.0), timing(1, 1, 4.0), timing(0, 8, 100.0), timing(1, 8, 50.0),
-               timing(1, 1, 5.0, engine="deepsparse")]  # fmt: skip
+               timing(1, 1, 5.0, engine="deepsparse"), timing(2, 1, 10.0), timing(3, 1, 16.0)]  # fmt: skip
     table = report.comparison(rows, timings)
-    assert [r["speedup"] for r in table] == pytest.approx([1.0, 5.0, 1.0, 2.0, 4.0])
+    assert [r["speedup"] for r in table] == pytest.approx([1.0, 5.0, 1.0, 2.0, 4.0, 2.0, 1.25])
     assert table[1]["accuracy_drop"] == pytest.approx(0.005)
     assert table[4]["engine"] == "deepsparse"
+    # against the fastest dense int8 at the same point (ORT's 10 ms, not OpenVINO's 16 ms); none at batch 8
+    assert (
+        table[1]["speedup_vs_int8"] == pytest.approx(2.5)
+        and table[1]["int8_baseline"] == "dense int8 onnxruntime"
+    )
+    assert math.isnan(table[3]["speedup_vs_int8"])
     text = report.verdict(report.at(table, [1, 128, 2]))
-    assert "s0.5-structured int8 onnxruntime" in text and "5.00x" in text and "goal >= 4x: met." in text
+    assert "s0.5-structured int8 onnxruntime" in text and "2.50x the fastest dense int8" in text
+    assert "goal >= 4x the dense int8: not met." in text
+
+
+def test_a_variant_past_the_validation_margin_is_never_the_winner():
+    """The fastest row is 0.02 below dense on validation (test drop 0): the winner is the next fastest within 1
+    point on validation, never the faster one outside it."""
+    rows = [
+        row("dense", "fp32", "torch", 0.92),
+        row("fast", "int8", "onnxruntime", 0.92),
+        row("ok", "int8", "onnxruntime", 0.915),
+        row("dense", "int8", "onnxruntime", 0.92),
+    ]
+    rows[1]["val_accuracy"] = 0.90
+    timings = [timing(0, 1, 20.0), timing(1, 1, 2.0), timing(2, 1, 4.0), timing(3, 1, 10.0)]
+    best = report.winner(report.at(report.comparison(rows, timings), [1, 128, 2]))
+    assert best["variant"] == "ok" and best["val_drop"] == pytest.approx(0.005)
