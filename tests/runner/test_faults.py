@@ -103,8 +103,15 @@ def spawn(overrides: list[str], cwd: Path = REPO) -> subprocess.Popen:
     command = [sys.executable, "-m", "runner.cli", "train", *overrides]
     env = os.environ | {"PYTHONPATH": str(REPO)}
     return subprocess.Popen(
-        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=ctrl_c_as_in_a_terminal,
+    )  # fmt: skip
+
+
+def ctrl_c_as_in_a_terminal() -> None:
+    """A command typed in a terminal starts with SIGINT at its default; a suite started as a background job
+    (`make test &`, nohup) has it ignored, and a child would inherit that and never see the Ctrl-C sent."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
