@@ -115,3 +115,48 @@ def test_a_saved_onnx_model_is_checked_before_it_is_timed(exported, tmp_path, fa
         return
     with pytest.raises(UsageError, match=str(path)):
         export.check_onnx(path)
+
+
+def calibration_batches(n: int) -> list[dict[str, np.ndarray]]:
+    return [
+        {k: v.numpy() for k, v in export.example_inputs(4, 16, 50, seed=10 + i).items()} for i in range(n)
+    ]
+
+
+def test_every_engine_computes_the_torch_function(exported, tmp_path):
+    """fp32 on ONNX Runtime and OpenVINO equals torch to float rounding; bf16 and every int8 form (torch,
+    ONNX Runtime dynamic and static, OpenVINO with NNCF) are within INT8_TOLERANCE of it and really differ."""
+    from runner.sparsify import isolated, openvino_engine
+
+    model, fp32, dynamic = exported
+    cfg = compose([]).export
+    inputs = export.example_inputs(3, 20, 50, seed=6)  # not the traced shapes
+    numpy_inputs = [{k: v.numpy() for k, v in inputs.items()}]
+    with torch.no_grad():
+        expected = model(**inputs).logits.numpy()
+    with engines.quiet():
+        static = export.quantize_static_onnx(
+            fp32, tmp_path / "static.onnx", calibration_batches(4), cfg.static
+        )
+    ir = isolated.call(openvino_engine.convert, str(fp32), str(tmp_path / "fp32.xml"))
+    ir_int8 = isolated.call(
+        openvino_engine.quantize, ir, str(tmp_path / "int8.xml"), calibration_batches(4), 4
+    )
+
+    def ov(xml: str, precision: str | None) -> np.ndarray:
+        return isolated.call(openvino_engine.logits, xml, 1, "LATENCY", precision, numpy_inputs)
+
+    exact = {"onnxruntime fp32": sessions.run_session(sessions.session(fp32, threads=1), inputs),
+             "openvino fp32": ov(ir, cfg.openvino.fp32_precision)}  # fmt: skip
+    close = {
+        "torch bf16": engines.torch_forward(model, "bf16")(inputs),
+        "torch int8": engines.torch_forward(engines.at_precision(model, "int8"), "int8")(inputs),
+        "onnxruntime int8": sessions.run_session(sessions.session(dynamic, threads=1), inputs),
+        "onnxruntime int8-static": sessions.run_session(sessions.session(static, threads=1), inputs),
+        "openvino int8-static": ov(ir_int8, cfg.openvino.int8_precision),
+    }
+    for name, got in exact.items():
+        np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=name)
+    for name, got in close.items():
+        assert np.abs(got - expected).max() < INT8_TOLERANCE, name
+        assert not np.array_equal(got, expected), f"{name}: not really reduced precision"
