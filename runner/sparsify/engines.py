@@ -107,15 +107,8 @@ def quiet() -> contextlib.ExitStack:
     return stack
 
 
-def build_variant(run: Any, variant: Any, folder: Path, splits: dict[str, dict]) -> list[dict]:
-    """Rows for one trained variant: its torch precisions, then every ONNX Runtime and OpenVINO form of its
-    ONNX export that export.kinds names, each with its accuracy measured on its own engine."""
-    cfg = run.cfg
-    model = training.load_saved(folder)
-    params, nonzero = pruning.count(model)
-    base = {"variant": variant.name, "sparsity": variant.sparsity, "structured": variant.structured}
-    base |= {"layers": model.config.num_hidden_layers, "params": params, "nonzero_params": nonzero}
-    base |= {"vocab_size": model.config.vocab_size, "test_examples": len(splits["test"]["labels"])}
+def kinds(cfg: Any, variant: Any) -> list[tuple[str, str]]:
+    """The (engine, precision) pairs of export.kinds built for a variant (int8 ones unless quantize=none)."""
     wanted = [
         (str(k.engine), str(k.precision))
         for k in cfg.export.kinds
@@ -123,8 +116,23 @@ def build_variant(run: Any, variant: Any, folder: Path, splits: dict[str, dict])
     ]
     if str(cfg.quantize) == "none":
         wanted = [(e, p) for e, p in wanted if not p.startswith("int8")]
+    return wanted
+
+
+def build_variant(
+    run: Any, variant: Any, folder: Path, splits: dict[str, dict], wanted: list[tuple[str, str]] | None = None
+) -> list[dict]:
+    """Rows for one trained variant: its torch precisions, then every ONNX Runtime and OpenVINO form of its
+    ONNX export that export.kinds names (or just the `wanted` pairs), each with its accuracy measured on its
+    own engine."""
+    cfg = run.cfg
+    model = training.load_saved(folder)
+    params, nonzero = pruning.count(model)
+    base = {"variant": variant.name, "sparsity": variant.sparsity, "structured": variant.structured}
+    base |= {"layers": model.config.num_hidden_layers, "params": params, "nonzero_params": nonzero}
+    base |= {"vocab_size": model.config.vocab_size, "test_examples": len(splits["test"]["labels"])}
     rows = []
-    for engine, precision in wanted:
+    for engine, precision in kinds(cfg, variant) if wanted is None else wanted:
         if engine == "torch":
             path = folder
             size = training.state_mb(at_precision(model, precision))

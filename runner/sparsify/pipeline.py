@@ -2,9 +2,12 @@
 
     stages/finetune/            dense fine-tuned teacher (model.pt, config.json, structure.json, metrics.json)
     stages/prune-<variant>/     one gradual-pruning run with distillation per sparsity x mode
-    stages/quantize/            variants.json: every (variant, precision, engine) with its measured accuracy
+    stages/quantize/            variants.json: every (variant, precision, engine) with its measured accuracy;
+                                floor.json: TF-IDF + logistic regression on the same split (floor.py)
     variants/<variant>-<precision>/model.onnx     every ONNX model that is benchmarked
     stages/bench/               timings.json, instances.json, environment.json
+    stages/confirm/             confirm.json: dense and the winner over confirm.seeds (see confirm.py)
+    seeds/<seed>/               those seeds' own stages and variants
     comparison.csv, report.md, pareto.png
 
 A stage whose outputs exist is skipped under stage=all; naming a stage reruns just that one (stage=bench also
@@ -26,7 +29,7 @@ from runner.config import check
 from runner.errors import UsageError
 from runner.results import read_json_file, write_json, write_text
 
-STAGES = ("finetune", "prune", "quantize", "bench", "report")
+STAGES = ("finetune", "prune", "quantize", "bench", "confirm", "report")
 DONE = "metrics.json"  # written last by a training stage: its presence means the stage finished
 
 
@@ -42,17 +45,30 @@ class Variant:
 class Run:
     cfg: DictConfig
     dir: Path
+    top: Path | None = None  # the run a seeds/<seed>/ run belongs to (resume=true is given it); None: itself
+    split_seed: int | None = None  # the seed of the train/validation/test split; None: cfg.seed
     cache: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.split_seed = self.cfg.seed if self.split_seed is None else self.split_seed
 
     def stage(self, name: str) -> Path:
         return self.dir / "stages" / name
+
+    def texts(self) -> Any:
+        """The task's train/validation/test texts and labels (task.TaskData, loaded once per process)."""
+        if "texts" not in self.cache:
+            from runner.sparsify import task
+
+            self.cache["texts"] = task.load_task(self.cfg.task, self.split_seed)
+        return self.cache["texts"]
 
     def data(self) -> tuple[dict[str, dict], list[str]]:
         """Encoded train/validation/test splits and the label names (loaded once per process)."""
         if "data" not in self.cache:
             from runner.sparsify import model, task
 
-            loaded = task.load_task(self.cfg.task, self.cfg.seed)
+            loaded = self.texts()
             tokenizer = model.load_tokenizer(self.cfg.model)
             encoded = {
                 s: task.encode(getattr(loaded, s), tokenizer, self.cfg.task.max_len) for s in task.SPLITS
@@ -99,11 +115,12 @@ def train(
 
     saved = checkpoint.load(out) if cfg.resume else None
     outcome = fit(make_task(model, encoded, cfg, loss, after_step), cfg, out, saved=saved)
+    top = run.top or run.dir
     if outcome.status == "interrupted":
-        print(f"{out.name}: interrupted; continue with: adamrun sparsify-bert resume=true run_dir={run.dir}")
+        print(f"{out.name}: interrupted; continue with: adamrun sparsify-bert resume=true run_dir={top}")
         raise signals.Interrupted(signals.exit_code() - 128)
     if outcome.status != "finished":
-        raise SystemExit(f"{out.name}: training {outcome.status}; rerun with resume=true run_dir={run.dir}")
+        raise SystemExit(f"{out.name}: training {outcome.status}; rerun with resume=true run_dir={top}")
     return outcome.metrics
 
 
@@ -137,12 +154,14 @@ def finetune(run: Run, forced: bool) -> None:
     finish(run, model, out, train(run, encoded, model, run.cfg, out, cross_entropy))
 
 
-def prune(run: Run, forced: bool) -> None:
+def prune(run: Run, forced: bool, only: list[Variant] | None = None) -> None:
+    """Every pruned variant of the config (or `only` those) not trained yet, each from the run's teacher."""
     from runner.sparsify import pruning, training
 
     teacher_dir = run.stage("finetune")
     require(teacher_dir / DONE, "prune")
-    todo = [v for v in variants(run.cfg)[1:] if forced or not (model_dir(run, v) / DONE).exists()]
+    chosen = variants(run.cfg)[1:] if only is None else only
+    todo = [v for v in chosen if forced or not (model_dir(run, v) / DONE).exists()]
     if not todo:
         return
     teacher = training.load_saved(teacher_dir)
@@ -174,7 +193,11 @@ def quantize(run: Run, forced: bool) -> None:
             folder = model_dir(run, variant)
             require(folder / DONE, "quantize")
             rows += engines.build_variant(run, variant, folder, encoded)
-    write_json(out, rows)
+    if run.cfg.floor.enabled:
+        from runner.sparsify import floor
+
+        write_json(run.stage("quantize") / floor.RESULT, floor.fit(run.texts(), run.cfg.floor))
+    write_json(out, rows)  # last: its presence marks the stage done
 
 
 def bench(run: Run, forced: bool) -> None:
@@ -192,6 +215,56 @@ def bench(run: Run, forced: bool) -> None:
     benchmark.run_all(run.cfg, rows, out)
 
 
+def seed_run(run: Run, seed: int) -> Run:
+    """The run again under seeds/<seed>/ with every seeded step on `seed`, on the parent run's split (so every
+    seed is tested on the same examples, none of which was read to choose the winner)."""
+    cfg = copy.deepcopy(run.cfg)
+    cfg.seed = seed
+    return Run(cfg, run.dir / "seeds" / str(seed), top=run.top or run.dir, split_seed=run.split_seed)
+
+
+def tested(run: Run, variant: Variant, engine: str, precision: str) -> float:
+    """Test accuracy of one (variant, engine, precision), built as the quantize stage builds it."""
+    from runner.sparsify import engines
+
+    [row] = engines.build_variant(run, variant, model_dir(run, variant), run.data()[0], [(engine, precision)])
+    return row["accuracy"]
+
+
+def one_seed(run: Run, winner: dict, seed: int) -> dict:
+    """Dense and the winner alone trained, built and tested with `seed` (kept in seeds/<seed>/)."""
+    from runner.sparsify import confirm as confirming
+
+    sub = seed_run(run, seed)
+    saved = sub.dir / confirming.RESULT
+    if saved.exists():
+        return read_json_file(saved)
+    dense, variant = (next(v for v in variants(run.cfg) if v.name == n) for n in ("dense", winner["variant"]))
+    finetune(sub, forced=False)
+    if variant.name != "dense":
+        prune(sub, forced=False, only=[variant])
+    found = {"seed": seed, "dense": tested(sub, dense, "torch", "fp32"),
+             "winner": tested(sub, variant, winner["engine"], winner["precision"])}  # fmt: skip
+    write_json(saved, found)
+    return found
+
+
+def confirm(run: Run, forced: bool) -> None:
+    """Dense and the winner (chosen on validation with the run's seed) on every seed of confirm.seeds."""
+    from runner.sparsify import confirm as confirming
+
+    out = run.stage("confirm") / confirming.RESULT
+    if out.exists() and not forced:
+        return
+    require(run.stage("bench") / "timings.json", "confirm")
+    rows = read_json_file(run.stage("quantize") / "variants.json")
+    timings = read_json_file(run.stage("bench") / "timings.json")
+    winner = confirming.chosen(rows, timings, list(run.cfg.bench.headline))
+    seeds = [{"seed": int(run.cfg.seed), "dense": winner["dense_accuracy"], "winner": winner["accuracy"]}]
+    seeds += [one_seed(run, winner, int(s)) for s in run.cfg.confirm.seeds]
+    write_json(out, confirming.summary(winner, seeds, run.cfg.confirm))
+
+
 def report(run: Run, forced: bool) -> None:
     from runner.sparsify import report as reporting
 
@@ -204,6 +277,7 @@ STAGE_FUNCTIONS = {
     "prune": prune,
     "quantize": quantize,
     "bench": bench,
+    "confirm": confirm,
     "report": report,
 }
 

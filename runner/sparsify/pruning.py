@@ -10,6 +10,7 @@ which `shrink` then removes for real: same function, smaller matrices. transform
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from runner.sparsify.schema import Interpolation, Scope
+from runner.sparsify.schema import Importance, Interpolation, Scope
 
 EXPONENTS = {Interpolation.cubic: 3, Interpolation.linear: 1}  # (1 - progress)^k of the interpolation
 
@@ -189,6 +190,50 @@ def unit_mask(keep: torch.Tensor, repeat: int, shape: torch.Size, dim: int) -> t
     return along.view(view).expand(shape).contiguous()
 
 
+class TaylorScores:
+    """First-order Taylor importance of every head and FFN neuron (Molchanov et al. 2019): per optimizer step,
+    (sum over the unit's weights of w * dL/dw)^2, the squared loss change its removal predicts, summed over the
+    steps since the last mask update. Gradients are read as backward accumulates them (the loop zeroes them
+    before the pruner runs); a masked unit gets no gradient, scores 0, and so stays pruned. The sums are not in
+    the checkpoint: after a resume, the first update ranks by the steps since the resume."""
+
+    def __init__(self, layers: nn.ModuleList):
+        self.step_sums = [self.zeros(layer) for layer in layers]
+        self.totals = [self.zeros(layer) for layer in layers]
+        for i, layer in enumerate(layers):
+            for (module, name), (dim, unit) in structure_masks(layer).items():
+                size = head_size(layer) if unit == "head" else 1
+                hook = functools.partial(self.add, self.step_sums[i], unit, dim, size)
+                getattr(module, name + "_orig").register_post_accumulate_grad_hook(hook)
+
+    @staticmethod
+    def zeros(layer: nn.Module) -> dict[str, torch.Tensor]:
+        heads = layer.attention.self.query.out_features // head_size(layer)
+        return {"head": torch.zeros(heads), "neuron": torch.zeros(layer.intermediate.dense.out_features)}
+
+    @staticmethod
+    @torch.no_grad()
+    def add(sums: dict, unit: str, dim: int, size: int, param: torch.Tensor) -> None:
+        product = (param * param.grad).float()
+        per_row = (
+            product if product.dim() == 1 else product.sum(1 - dim)
+        )  # one value per row (dim 0) or column
+        sums[unit] += per_row.view(-1, size).sum(1)
+
+    def end_step(self) -> None:
+        for step, total in zip(self.step_sums, self.totals, strict=True):
+            for unit in total:
+                total[unit] += step[unit] ** 2
+                step[unit].zero_()
+
+    def take(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer i's head and neuron scores since the last update, then a fresh start for the next one."""
+        found = self.totals[i]["head"].clone(), self.totals[i]["neuron"].clone()
+        for total in self.totals[i].values():
+            total.zero_()
+        return found
+
+
 class StructuredPruner(GradualPruner):
     """Masks whole heads and FFN neurons, the same fraction in every encoder layer (uniform shapes)."""
 
@@ -199,18 +244,26 @@ class StructuredPruner(GradualPruner):
             for module, name in structure_masks(layer):
                 if not hasattr(module, name + "_mask"):
                     prune.identity(module, name)
+        taylor = Importance(prune_cfg.importance) is Importance.taylor
+        self.taylor = TaylorScores(self.layers) if taylor else None
+
+    def __call__(self, step: int) -> None:
+        if self.taylor is not None:
+            self.taylor.end_step()
+        super().__call__(step)
+
+    def scores(self, i: int, layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """Head and neuron importance of layer i (prune.importance)."""
+        return self.taylor.take(i) if self.taylor is not None else (head_scores(layer), neuron_scores(layer))
 
     @torch.no_grad()
     def apply(self, sparsity: float) -> None:
-        for layer in self.layers:
-            heads = head_scores(layer)
+        for i, layer in enumerate(self.layers):
+            heads, neurons = self.scores(i, layer)
             removable = len(heads) - self.cfg.min_heads_per_layer
             keep = {
                 "head": (keep_top(heads, min(removable, round(sparsity * len(heads)))), head_size(layer)),
-                "neuron": (
-                    keep_top(neuron_scores(layer), round(sparsity * layer.intermediate.dense.out_features)),
-                    1,
-                ),
+                "neuron": (keep_top(neurons, round(sparsity * len(neurons))), 1),
             }
             for (module, name), (dim, unit) in structure_masks(layer).items():
                 set_mask(module, name, unit_mask(*keep[unit], getattr(module, name + "_mask").shape, dim))

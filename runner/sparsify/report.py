@@ -126,6 +126,43 @@ def verdict(headline: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def seeds_section(confirmed: dict | None, best: dict) -> list[str]:
+    """The winner against dense fp32 over every seed (stages/confirm/confirm.json), or why it is missing."""
+    title = "## The winner over seeds (dense fp32 PyTorch against it, test accuracy)"
+    if confirmed is None:
+        return [title, "", "not run yet: stage=confirm re-runs dense and the winner on confirm.seeds", ""]
+    if confirmed["winner"] != name(best):  # bench re-timed since, and another row is the fastest now
+        return [title, "", f"stale: confirm.json is for {confirmed['winner']}, the winner is now {name(best)} "
+                "(rerun stage=confirm)", ""]  # fmt: skip
+    points = lambda x: f"{x * 100:+.2f}"  # noqa: E731
+    rows = [
+        [str(s["seed"]), cell(s["dense"]), cell(s["winner"]), points(s["drop"])] for s in confirmed["seeds"]
+    ]
+    return [
+        title,
+        "",
+        render.markdown(["seed", "dense", name(best), "drop (points)"], rows),
+        "",
+        f"Mean drop over {len(rows)} seeds {points(confirmed['mean_drop'])} points, "
+        f"{confirmed['level'] * 100:g}% paired-t interval [{points(confirmed['low'])}, "
+        f"{points(confirmed['high'])}]; rule (fixed in conf, confirm.max_mean_drop): mean drop at most "
+        f"{confirmed['max_mean_drop'] * 100:g} point: **{confirmed['rule']}**.",
+        "",
+    ]
+
+
+def floor_line(found: dict | None, dense: dict) -> str:
+    """The classical floor (stages/quantize/floor.json) against dense fp32 PyTorch."""
+    if found is None:
+        return "Classical floor: not run (floor.enabled=false)."
+    return (
+        f"Classical floor, TF-IDF + logistic regression (C={found['C']:g}, chosen on validation; whole texts): "
+        f"test accuracy {found['accuracy']:.4f}, {(dense['accuracy'] - found['accuracy']) * 100:+.2f} points "
+        f"below dense fp32 (validation {found['val_accuracy']:.4f}); {found['latency_p50_ms']:.2f} ms p50 "
+        "per text at batch 1, timed in the quantize stage's process."
+    )
+
+
 def command() -> str:
     if Path(sys.argv[0]).name == "adamrun":
         return " ".join(["adamrun", *sys.argv[1:]])
@@ -246,6 +283,8 @@ def write(cfg: Any, run_dir: Path) -> None:
         "speedup_vs_int8",
         "spread",
     ]
+    confirmed = run_dir / "stages" / "confirm" / "confirm.json"
+    floor = run_dir / "stages" / "quantize" / "floor.json"
     text = [
         f"# sparsify-bert: {cfg.model.name} on {cfg.task.name}",
         "",
@@ -254,6 +293,11 @@ def write(cfg: Any, run_dir: Path) -> None:
         *(f"    {line}" for line in (run_dir / COMMANDS).read_text().splitlines()),
         "",
         verdict(headline),
+        "",
+        *seeds_section(read_json_file(confirmed) if confirmed.exists() else None, winner(headline)),
+        floor_line(
+            read_json_file(floor) if floor.exists() else None, next(r for r in rows if is_baseline(r))
+        ),
         "",
         f"## Batch {point[0]}, seq {point[1]}, {point[2]} threads",
         "",

@@ -94,6 +94,11 @@ class TaskConfig:
 
 
 # ------------------------------------------------------------------------------------------------- prune
+class Importance(StrEnum):  # how structured pruning ranks heads and FFN neurons
+    magnitude = "magnitude"  # L1 norm of the unit's weights
+    taylor = "taylor"  # Molchanov et al. 2019: (sum over the unit of w * dL/dw)^2, summed over the steps
+
+
 class Interpolation(StrEnum):
     cubic = "cubic"  # Zhu & Gupta: s_t = s_f + (s_i - s_f) (1 - p)^3
     linear = "linear"
@@ -114,6 +119,7 @@ class PruneConfig:
     scope: Scope = MISSING  # unstructured only
     params: list[str] = MISSING  # module names to prune; "re:<regex>" matches the full name
     min_heads_per_layer: int = MISSING  # structured: never remove a layer's last heads
+    importance: Importance = MISSING  # structured: how heads and neurons are ranked
     epochs: int = MISSING  # fine-tuning epochs of each pruning run (with distillation)
     layer_drop_epochs: int = MISSING  # epochs of a run whose student dropped layers (sparsify.layers)
 
@@ -279,12 +285,48 @@ class BenchConfig:
         )
 
 
+@dataclass
+class FloorConfig:  # scikit-learn TfidfVectorizer + LogisticRegression
+    enabled: bool = MISSING
+    ngram_max: int = MISSING  # word n-grams of 1 to this many words
+    min_df: int = MISSING  # terms in fewer training texts are dropped
+    sublinear_tf: bool = MISSING  # 1 + log(term frequency)
+    C: list[float] = MISSING  # inverse L2 strengths tried, ascending; the best on validation is tested
+    max_iter: int = MISSING  # solver iterations
+    timed_calls: int = MISSING  # single-text predictions timed for the latency
+
+    def __post_init__(self) -> None:
+        ok = len(self.C) > 0 and all(c > 0 for c in self.C) and list(self.C) == sorted(self.C)
+        check(
+            ok, "floor.C", "must be positive and ascending (ties go to the strongest regularization)", self.C
+        )
+        check(self.timed_calls > 0, "floor.timed_calls", "must be > 0", self.timed_calls)
+
+
+@dataclass
+class ConfirmConfig:
+    seeds: list[int] = MISSING  # seeds dense and the winner are re-run with, besides the run's own
+    max_mean_drop: float = MISSING  # the rule: mean test drop over every seed at most this (a fraction)
+    level: float = MISSING  # two-sided confidence of the paired-t interval of the drop
+
+    def __post_init__(self) -> None:
+        check(
+            len(self.seeds) > 0,
+            "confirm.seeds",
+            "must list at least one seed (an interval needs 2)",
+            self.seeds,
+        )
+        check(0 < self.level < 1, "confirm.level", "must be in (0, 1)", self.level)
+        check_fraction(self.max_mean_drop, "confirm.max_mean_drop")
+
+
 class Stage(StrEnum):
     all = "all"
     finetune = "finetune"
     prune = "prune"
     quantize = "quantize"  # export to ONNX and quantize (and measure accuracy)
     bench = "bench"
+    confirm = "confirm"  # dense and the winner on more seeds
     report = "report"
 
 
@@ -300,6 +342,8 @@ class SparsifyBertConfig:
     export: ExportConfig = MISSING
     bench: BenchConfig = MISSING
     sparsify: SparsifyConfig = MISSING
+    confirm: ConfirmConfig = MISSING
+    floor: FloorConfig = MISSING
     quantize: Quantize = MISSING
     stage: Stage = MISSING
     run_dir: str | None = MISSING

@@ -5,9 +5,10 @@ import csv
 import json
 import shutil
 
+import numpy as np
 import pytest
 
-from runner.sparsify import model, pipeline, report
+from runner.sparsify import export, isolated, model, openvino_engine, pipeline, report
 from runner.sparsify.schema import compose
 from tests.runner.sparsify.test_pruning import tiny_bert
 from tests.runner.sparsify.test_task import wiki_file  # noqa: F401 - the fixture
@@ -34,18 +35,43 @@ def tiny_model_dir(tmp_path):
     return folder
 
 
+def spy_on_calibration(monkeypatch) -> list[tuple[str, list]]:
+    """(engine, batches) of every static quantization: ONNX Runtime's in this process, NNCF's sent to its own."""
+    calibrated = []
+    static, call = export.quantize_static_onnx, isolated.call
+
+    def quantize_static_onnx(fp32, out, batches, cfg):
+        calibrated.append(("onnxruntime", batches))
+        return static(fp32, out, batches, cfg)
+
+    def isolated_call(fn, *args):
+        if fn is openvino_engine.quantize:
+            calibrated.append(("openvino", args[2]))
+        return call(fn, *args)
+
+    monkeypatch.setattr(export, "quantize_static_onnx", quantize_static_onnx)
+    monkeypatch.setattr(isolated, "call", isolated_call)
+    return calibrated
+
+
 @pytest.mark.slow
-def test_pipeline_end_to_end_then_bench_stage_alone(tmp_path, wiki_file, tiny_model_dir):  # noqa: F811
+def test_pipeline_end_to_end_then_bench_stage_alone(tmp_path, monkeypatch, wiki_file, tiny_model_dir):  # noqa: F811
     run_dir = tmp_path / "run"
+    calibrated = spy_on_calibration(monkeypatch)
     overrides = [
         "model.package=null", f"model.name_or_path={tiny_model_dir}", "task.package=null", f"task.file={wiki_file}",
         "task.train_limit=null", "task.max_len=16", "export.dynamo=false", "trainer.epochs=1", "trainer.batch_size=8",
         "trainer.progress=false", "prune.epochs=1", "prune.layer_drop_epochs=1", "prune.update_every=1", "sparsify.sparsity=[0.5]", "sparsify.layers=[null,1]",
         "bench.batch_sizes=[1]", "bench.seq_lens=[16]", "bench.threads=[1]", "bench.headline=[1,16,1]",
         "bench.iters=2", "bench.warmup=1", "bench.repeats=2", "bench.instances.iters=2",
-        "bench.instances.seq_len=16", f"run_dir={run_dir}",
+        "bench.instances.seq_len=16", "confirm.seeds=[1]", f"run_dir={run_dir}",
     ]  # fmt: skip
     assert pipeline.run(compose(overrides)) == run_dir
+    main = pipeline.Run(compose(overrides), run_dir)
+    head = main.data()[0]["train"]["input_ids"][: compose(overrides).export.calibration_examples].numpy()
+    assert {engine for engine, _ in calibrated} == {"onnxruntime", "openvino"}
+    for _, batches in calibrated:  # the first training examples, nothing from validation or test
+        np.testing.assert_array_equal(np.concatenate([b["input_ids"] for b in batches]), head)
     with open(run_dir / "comparison.csv") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == report.COLUMNS
@@ -82,6 +108,22 @@ def test_pipeline_end_to_end_then_bench_stage_alone(tmp_path, wiki_file, tiny_mo
     assert (run_dir / "variants" / "s0.5-structured-int8-static-openvino" / "model.xml").is_file()
     assert (run_dir / "pareto.png").stat().st_size > 0
     assert "goal >= 4x" in (run_dir / "report.md").read_text()
+
+    # the confirm stage: dense and the winner alone re-run on seed 1, on seed 0's split, the winner's kind only
+    confirmed = json.loads((run_dir / "stages" / "confirm" / "confirm.json").read_text())
+    assert [s["seed"] for s in confirmed["seeds"]] == [0, 1] and confirmed["df"] == 1
+    winner = next(r for r in rows if report.name(r) == confirmed["winner"])
+    assert confirmed["seeds"][0]["winner"] == float(winner["accuracy"])
+    assert confirmed["seeds"][0]["dense"] == float(dense["accuracy"])
+    seed_stages = {p.name for p in (run_dir / "seeds" / "1" / "stages").iterdir()}
+    pruned = set() if winner["variant"] == "dense" else {f"prune-{winner['variant']}"}
+    assert seed_stages == {"finetune"} | pruned
+    same_split = pipeline.seed_run(main, 1).data()[0]["test"]["input_ids"]
+    assert same_split.equal(main.data()[0]["test"]["input_ids"])  # tested on the examples seed 0 was
+    assert "Mean drop over 2 seeds" in (run_dir / "report.md").read_text()
+    floor = json.loads((run_dir / "stages" / "quantize" / "floor.json").read_text())
+    assert 0 <= floor["accuracy"] <= 1 and floor["C"] in compose(overrides).floor.C
+    assert f"test accuracy {floor['accuracy']:.4f}" in (run_dir / "report.md").read_text()
 
     timings = run_dir / "stages" / "bench" / "timings.json"
     before = json.loads(timings.read_text())

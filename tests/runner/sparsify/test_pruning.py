@@ -155,3 +155,55 @@ def test_param_patterns_match_whole_names():
     assert pruning.matches("bert.encoder.layer.3.output.dense", [r"re:.*layer\.\d+\.output\.dense"])
     assert not pruning.matches("bert.encoder.layer.3.output.dense.x", [r"re:.*layer\.\d+\.output\.dense"])
     assert pruning.matches("classifier", ["classifier"])
+
+
+def taylor_by_hand(model, batches):
+    """An unpruned copy's gradients: per step and unit (sum of w * dL/dw over the unit)^2, summed over steps."""
+    heads, neurons = [0.0] * 2, [0.0] * 2
+    for labels in batches:
+        model.zero_grad()
+        model(**inputs(), labels=labels).loss.backward()
+        for i, layer in enumerate(model.bert.encoder.layer):
+            a, d = layer.attention.self, 8  # 4 heads of 8
+            wg = lambda m, name: getattr(m, name) * getattr(m, name).grad  # noqa: E731
+            rows = sum(wg(m, "weight").sum(1) + wg(m, "bias") for m in (a.query, a.key, a.value))
+            per_head = (rows + wg(layer.attention.output.dense, "weight").sum(0)).view(-1, d).sum(1)
+            up, down = layer.intermediate.dense, layer.output.dense
+            per_neuron = wg(up, "weight").sum(1) + wg(up, "bias") + wg(down, "weight").sum(0)
+            heads[i] = heads[i] + per_head.detach() ** 2
+            neurons[i] = neurons[i] + per_neuron.detach() ** 2
+    return heads, neurons
+
+
+def test_taylor_importance_is_the_squared_first_order_loss_change_per_unit():
+    cfg = compose(["prune.importance=taylor"]).prune
+    batches = [torch.tensor([0, 1, 2]), torch.tensor([2, 2, 0])]
+    model, reference = tiny_bert(), tiny_bert()  # the same weights; eval mode: no dropout, gradients as ever
+    pruner = pruning.StructuredPruner(model, cfg, 0.5, TOTAL_STEPS)
+    expected_heads, expected_neurons = taylor_by_hand(reference, batches)
+    for labels in batches:
+        model.zero_grad()
+        model(**inputs(), labels=labels).loss.backward()
+        pruner.taylor.end_step()
+    for i, layer in enumerate(pruner.layers):
+        heads, neurons = pruner.scores(i, layer)
+        torch.testing.assert_close(heads, expected_heads[i], rtol=1e-4, atol=1e-10)
+        torch.testing.assert_close(neurons, expected_neurons[i], rtol=1e-4, atol=1e-10)
+    assert pruner.scores(0, pruner.layers[0])[0].eq(0).all()  # taken: the next update counts afresh
+
+
+def test_taylor_pruning_removes_the_units_that_change_the_loss_least_and_they_stay_removed():
+    cfg = compose(["prune.importance=taylor", "prune.update_every=1"]).prune
+    model = tiny_bert()
+    pruner = pruning.StructuredPruner(model, cfg, 0.5, TOTAL_STEPS)
+    model(**inputs(), labels=torch.tensor([0, 1, 2])).loss.backward()
+    pruner.taylor.end_step()
+    heads = pruner.taylor.totals[0]["head"].clone()
+    pruner.apply(0.5)
+    kept = pruning.kept_units(model.bert.encoder.layer[0].attention.self.value.weight_mask[:, 0], 8)
+    assert kept.tolist() == sorted(torch.argsort(heads, descending=True)[:2].tolist())
+    model.zero_grad()
+    model(**inputs(), labels=torch.tensor([2, 1, 0])).loss.backward()
+    pruner.taylor.end_step()
+    removed = [h for h in range(4) if h not in kept.tolist()]
+    assert pruner.taylor.totals[0]["head"][removed].eq(0).all()  # no gradient reaches a masked head

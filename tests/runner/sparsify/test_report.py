@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from runner.sparsify import bench, report
+from runner.sparsify import bench, confirm, report
 
 
 def test_summarize_percentiles_throughput_and_spread():
@@ -64,3 +64,37 @@ def test_a_variant_past_the_validation_margin_is_never_the_winner():
     timings = [timing(0, 1, 20.0), timing(1, 1, 2.0), timing(2, 1, 4.0), timing(3, 1, 10.0)]
     best = report.winner(report.at(report.comparison(rows, timings), [1, 128, 2]))
     assert best["variant"] == "ok" and best["val_drop"] == pytest.approx(0.005)
+
+
+T_975_DF2 = 4.302652729911275  # Student's t, 97.5th percentile, 2 degrees of freedom (printed tables: 4.303)
+
+
+def test_the_three_seed_interval_is_the_paired_t_of_the_drops():
+    """Drops 1, 0 and 2 points: mean 1, sd 1, half-width t(0.975, 2) / sqrt(3) points; the rule (at most 1
+    point) holds at exactly 1 and fails just past it."""
+    found = confirm.paired_interval([0.90, 0.91, 0.92], [0.89, 0.91, 0.90], level=0.95)
+    half = T_975_DF2 * 0.01 / math.sqrt(3)
+    assert found["mean_drop"] == pytest.approx(0.01)
+    assert (found["low"], found["high"]) == pytest.approx((0.01 - half, 0.01 + half))
+    assert found["df"] == 2
+    assert confirm.decided(found, max_mean_drop=0.01) == "met"
+    assert confirm.decided(found, max_mean_drop=0.009) == "not met"
+    exact = confirm.paired_interval([0.9, 0.8], [0.9, 0.8], level=0.95)  # the same on every seed
+    assert (exact["mean_drop"], exact["low"], exact["high"]) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="2 or more"):
+        confirm.paired_interval([0.9], [0.9], level=0.95)
+
+
+def test_the_report_shows_the_seeds_of_its_own_winner_only():
+    best = {"variant": "s0.5-structured", "precision": "int8", "engine": "onnxruntime"}
+    found = confirm.paired_interval([0.90, 0.91, 0.92], [0.89, 0.91, 0.90], level=0.95)
+    confirmed = {"winner": report.name(best), "max_mean_drop": 0.01, "rule": "met", **found,
+                 "seeds": [{"seed": i, "dense": d, "winner": w, "drop": d - w}
+                           for i, (d, w) in enumerate([(0.90, 0.89), (0.91, 0.91), (0.92, 0.90)])]}  # fmt: skip
+    text = "\n".join(report.seeds_section(confirmed, best))
+    assert "Mean drop over 3 seeds +1.00 points" in text and "**met**" in text
+    half = T_975_DF2 / math.sqrt(3)
+    assert f"[{1 - half:+.2f}, {1 + half:+.2f}]" in text
+    other = best | {"engine": "openvino"}
+    assert "stale" in "\n".join(report.seeds_section(confirmed, other))
+    assert "not run yet" in "\n".join(report.seeds_section(None, best))

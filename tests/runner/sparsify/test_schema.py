@@ -46,6 +46,10 @@ def test_documented_overrides_compose(overrides):
         (["quantize=int4"], "quantize"),
         (["sparsify.layers=[0]"], "sparsify.layers[0]"),
         (["prune.layer_drop_epochs=0"], "prune.layer_drop_epochs"),
+        (["floor.C=[10.0,1.0]"], "floor.C"),
+        (["confirm.level=95"], "confirm.level"),
+        (["confirm.seeds=[]"], "confirm.seeds"),
+        (["stage=confirmm"], "confirm"),  # the valid stages are listed
     ],
 )
 def test_bad_options_are_one_line_usage_errors(overrides, key):
