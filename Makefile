@@ -26,8 +26,8 @@ $(FMNIST):
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
 # The services the search tests start for real, each in a temporary folder: a PostgreSQL server and a one-node
-# SLURM cluster (tests/services.py).
-SERVICES := postgresql slurm-wlm munge
+# SLURM cluster (tests/services.py); and the two malloc libraries sparsify-bert's scaling study preloads.
+SERVICES := postgresql slurm-wlm munge libjemalloc2 libtcmalloc-minimal4
 services:
 	@dpkg -s $(SERVICES) >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SERVICES); }
@@ -74,7 +74,7 @@ bench: install data
 
 # The pruned-BERT study, offline (MiniLM on Wikipedia topics, 128 tokens, the winner confirmed on 3 seeds; the
 # budget is 60 minutes on 2 cores; about 30 was measured at 64 tokens before the confirm stage, not yet since).
-sparsify: install
+sparsify: install services
 	$(ADAMRUN) sparsify-bert $(SPARSIFY_ARGS)
 
 # DeepSparse, optional and never shipped: its own venv (it pins numpy 1.26, onnx 1.14.1); its licence allows

@@ -45,7 +45,8 @@ def chosen(rows: list[dict], timings: list[dict], headline: list[int]) -> dict:
     best = report.winner(report.at(report.comparison(rows, timings), headline))
     dense = next(r for r in rows if report.is_baseline(r))
     return {"name": report.name(best), **{k: best[k] for k in ("variant", "precision", "engine")},
-            "accuracy": best["accuracy"], "dense_accuracy": dense["accuracy"]}  # fmt: skip
+            "accuracy": best["accuracy"], "dense_accuracy": dense["accuracy"],
+            "int8_baseline": best["int8_baseline"]}  # fmt: skip
 
 
 def summary(winner: dict, seeds: list[dict], settings: Any) -> dict:

@@ -17,6 +17,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,6 +75,14 @@ def time_point(forward: Any, inputs: list[dict], warmup: int, iters: int) -> lis
     return latencies
 
 
+def preloaded() -> list[str]:
+    """The LD_PRELOAD libraries really mapped into this process (an allocator that failed to load is absent)."""
+    wanted = [Path(p).resolve() for p in os.environ.get("LD_PRELOAD", "").split()]
+    with open("/proc/self/maps") as f:
+        mapped = {Path(line.split()[-1]) for line in f if line.rstrip().endswith(".so") or ".so." in line}
+    return [str(p) for p in wanted if p in mapped]
+
+
 def main(spec: dict) -> dict:
     before = rss_mb()
     started = time.perf_counter()
@@ -85,7 +94,8 @@ def main(spec: dict) -> dict:
         for i, point_inputs in enumerate(inputs):
             rounds[i].append(time_point(forward, point_inputs, spec["warmup"], spec["iters"]))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * RSS_UNIT_MB
-    return {"rounds": rounds, "load_s": load_s, "peak_rss_mb": peak, "model_rss_mb": peak - before}
+    return {"rounds": rounds, "load_s": load_s, "peak_rss_mb": peak, "model_rss_mb": peak - before,
+            "preloaded": preloaded()}  # fmt: skip
 
 
 def run(spec: dict, env: dict[str, str] | None = None) -> dict:

@@ -8,6 +8,7 @@
     stages/bench/               timings.json, instances.json, environment.json
     stages/confirm/             confirm.json: dense and the winner over confirm.seeds (see confirm.py)
     seeds/<seed>/               those seeds' own stages and variants
+    stages/scale/               scaling.json: the scaling study (scaling.py), also as scaling.csv and plots
     comparison.csv, report.md, pareto.png
 
 A stage whose outputs exist is skipped under stage=all; naming a stage reruns just that one (stage=bench also
@@ -29,7 +30,7 @@ from runner.config import check
 from runner.errors import UsageError
 from runner.results import read_json_file, write_json, write_text
 
-STAGES = ("finetune", "prune", "quantize", "bench", "confirm", "report")
+STAGES = ("finetune", "prune", "quantize", "bench", "confirm", "scale", "report")
 DONE = "metrics.json"  # written last by a training stage: its presence means the stage finished
 
 
@@ -175,7 +176,15 @@ def prune(run: Run, forced: bool, only: list[Variant] | None = None) -> None:
         cfg = with_epochs(run.cfg, run.cfg.prune.layer_drop_epochs if dropped else run.cfg.prune.epochs)
         steps = training.steps_per_epoch(encoded, cfg) * cfg.trainer.epochs
         pruner = pruning.PRUNERS[variant.structured](student, cfg.prune, variant.sparsity, steps)
-        history = train(run, encoded, student, cfg, out, training.distilled(cfg.distill), pruner)
+        depth = teacher.config.num_hidden_layers
+        layer_map = pruning.kept_layer_indices(depth, variant.layers) if dropped else list(range(depth))
+        if (
+            cfg.distill.attention_weight
+        ):  # only eager attention returns its maps (not saved: exports use sdpa)
+            for model in (student, teacher):
+                model.set_attn_implementation("eager")
+        loss = training.distilled(cfg.distill, teacher, layer_map)
+        history = train(run, encoded, student, cfg, out, loss, pruner)
         finish(run, pruner.finalize(student), out, history)
 
 
@@ -265,6 +274,24 @@ def confirm(run: Run, forced: bool) -> None:
     write_json(out, confirming.summary(winner, seeds, run.cfg.confirm))
 
 
+def scale(run: Run, forced: bool) -> None:
+    """The scaling study of the winner and the dense int8 deployment it is compared with (bench.scaling)."""
+    from runner.sparsify import confirm as confirming
+    from runner.sparsify import report as reporting
+    from runner.sparsify import scaling
+
+    out = run.stage("scale") / "scaling.json"
+    if not run.cfg.bench.scaling.enabled or (out.exists() and not forced):
+        return
+    require(run.stage("bench") / "timings.json", "scale")
+    rows = read_json_file(run.stage("quantize") / "variants.json")
+    timings = read_json_file(run.stage("bench") / "timings.json")
+    winner = confirming.chosen(rows, timings, list(run.cfg.bench.headline))
+    studied = [r for r in rows if reporting.name(r) in (winner["name"], winner["int8_baseline"])]
+    mask = run.data()[0]["test"]["attention_mask"][: run.cfg.bench.scaling.real_lengths]
+    write_json(out, scaling.study(studied, run.cfg, [int(n) for n in mask.sum(1)]))
+
+
 def report(run: Run, forced: bool) -> None:
     from runner.sparsify import report as reporting
 
@@ -278,6 +305,7 @@ STAGE_FUNCTIONS = {
     "quantize": quantize,
     "bench": bench,
     "confirm": confirm,
+    "scale": scale,
     "report": report,
 }
 

@@ -163,6 +163,28 @@ def floor_line(found: dict | None, dense: dict) -> str:
     )
 
 
+def scaling_section(run_dir: Path, cfg: Any) -> list[str]:
+    """scaling.csv, one plot per axis and the findings, from stages/scale/scaling.json (if the stage ran)."""
+    from runner.sparsify import scaling
+
+    found = run_dir / "stages" / "scale" / "scaling.json"
+    if not found.exists():
+        return []
+    table = read_json_file(found)
+    scaling.write_csv(run_dir / "scaling.csv", table)
+    plots = scaling.plot(run_dir, table)
+    return [
+        "## Scaling study: one factor at a time around the headline point (scaling.csv)",
+        "",
+        f"At least {cfg.bench.scaling.calls} timed calls per setting, each in a process of its own. Plots: "
+        + ", ".join(p.name for p in plots)
+        + ".",
+        "",
+        *scaling.findings(table, scaling.missing(cfg.bench.scaling)),
+        "",
+    ]
+
+
 def command() -> str:
     if Path(sys.argv[0]).name == "adamrun":
         return " ".join(["adamrun", *sys.argv[1:]])
@@ -320,6 +342,7 @@ def write(cfg: Any, run_dir: Path) -> None:
         "",
         markdown(table, COLUMNS),
         "",
+        *scaling_section(run_dir, cfg),
         "## Environment",
         "",
         environment_lines(load(run_dir, "bench/environment.json")),

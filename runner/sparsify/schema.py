@@ -147,10 +147,14 @@ class PruneConfig:
 class DistillConfig:
     temperature: float = MISSING  # softens teacher and student logits; the KL term is scaled by T^2
     kd_weight: float = MISSING  # loss = kd_weight * T^2 KL + (1 - kd_weight) * CE
+    hidden_weight: float = MISSING  # + this * hidden-state MSE of the mapped layers (0: off)
+    attention_weight: float = MISSING  # + this * attention-map KL of the mapped layers (0: off)
 
     def __post_init__(self) -> None:
         check(self.temperature > 0, "distill.temperature", "must be > 0", self.temperature)
         check_fraction(self.kd_weight, "distill.kd_weight")
+        for key in ("hidden_weight", "attention_weight"):
+            check(getattr(self, key) >= 0, f"distill.{key}", "must be >= 0", getattr(self, key))
 
 
 @dataclass
@@ -254,6 +258,33 @@ class InstancesConfig:
 
 
 @dataclass
+class ScalingConfig:
+    enabled: bool = MISSING
+    calls: int = MISSING  # timed calls per setting
+    repeats: int = MISSING  # rounds the calls are split into
+    threads: list[int] = MISSING
+    batch_sizes: list[int] = MISSING
+    seq_lens: list[int] = MISSING  # tokens
+    spinning: list[bool | None] = MISSING  # null: the engines' default wait policy
+    real_lengths: int = MISSING  # test examples timed at their own lengths; 0: none
+    allocators: dict[str, str | None] = MISSING  # name -> shared library preloaded; null: glibc
+
+    def __post_init__(self) -> None:
+        check(
+            self.calls > 0 and self.repeats > 0,
+            "bench.scaling.calls/repeats",
+            "must be > 0",
+            (self.calls, self.repeats),
+        )
+        check(
+            "glibc" in self.allocators,
+            "bench.scaling.allocators",
+            "must keep glibc (the headline's)",
+            list(self.allocators),
+        )
+
+
+@dataclass
 class BenchConfig:
     batch_sizes: list[int] = MISSING
     seq_lens: list[int] = MISSING  # tokens
@@ -263,6 +294,7 @@ class BenchConfig:
     repeats: int = MISSING  # interleaved rounds over all variants; the spread across rounds is reported
     headline: list[int] = MISSING  # [batch, seq_len, threads] of the summary and the Pareto plot
     instances: InstancesConfig = MISSING
+    scaling: ScalingConfig = MISSING
     deepsparse_python: str | None = MISSING  # python of a venv with deepsparse; null: engine absent
 
     def __post_init__(self) -> None:
@@ -327,6 +359,7 @@ class Stage(StrEnum):
     quantize = "quantize"  # export to ONNX and quantize (and measure accuracy)
     bench = "bench"
     confirm = "confirm"  # dense and the winner on more seeds
+    scale = "scale"  # the scaling study of the winner and its dense int8 baseline
     report = "report"
 
 

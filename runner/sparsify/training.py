@@ -46,13 +46,36 @@ def with_teacher_logits(encoded: dict[str, dict], teacher: torch.nn.Module, batc
     return encoded | {"train": train | {TEACHER_KEY: torch.from_numpy(soft)}}
 
 
-def distilled(distill_cfg: Any) -> Callable:
-    """The loss of a pruning run: KL to the teacher's stored logits (batch[4]) mixed with the task loss."""
+def distilled(
+    distill_cfg: Any, teacher: torch.nn.Module | None = None, layer_map: list[int] | None = None
+) -> Callable:
+    """The loss of a pruning run: KL to the teacher's stored logits (batch[4]) mixed with the task loss; with
+    distill.hidden_weight or attention_weight > 0, plus those terms against the teacher run on the same batch
+    (student layer j against teacher layer layer_map[j])."""
+    from runner.sparsify.distill import attention_loss, hidden_state_loss
+
+    def kd(out: torch.Tensor, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return distillation_loss(out, batch[4], batch[3], distill_cfg.temperature, distill_cfg.kd_weight)
+
+    hidden, attention = distill_cfg.hidden_weight, distill_cfg.attention_weight
+    if not (hidden or attention):
+        return lambda model, batch: kd(logits(model, batch), batch)
 
     def loss(model: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        return distillation_loss(
-            logits(model, batch), batch[4], batch[3], distill_cfg.temperature, distill_cfg.kd_weight
-        )
+        ids, mask, types = batch[:3]
+        run = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "output_hidden_states": True,
+               "output_attentions": bool(attention)}  # fmt: skip
+        out = model(**run)
+        with torch.no_grad():
+            target = teacher(**run)
+        total = kd(out.logits, batch)
+        if hidden:
+            total = total + hidden * hidden_state_loss(
+                out.hidden_states, target.hidden_states, layer_map, mask
+            )
+        if attention:
+            total = total + attention * attention_loss(out.attentions, target.attentions, layer_map, mask)
+        return total
 
     return loss
 

@@ -160,3 +160,54 @@ def test_every_engine_computes_the_torch_function(exported, tmp_path):
     for name, got in close.items():
         assert np.abs(got - expected).max() < INT8_TOLERANCE, name
         assert not np.array_equal(got, expected), f"{name}: not really reduced precision"
+
+
+def test_hidden_state_and_attention_terms_by_hand():
+    """Two layers of a student against layers 0 and 2 of a teacher; padded tokens never count."""
+    from runner.sparsify.distill import attention_loss, hidden_state_loss
+
+    g = torch.Generator().manual_seed(0)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    student = tuple(torch.randn(2, 3, 4, generator=g) for _ in range(3))
+    teacher = tuple(torch.randn(2, 3, 4, generator=g) for _ in range(4))
+    real = [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1)]
+    mse = lambda s, t: sum(((s[b, i] - t[b, i]) ** 2).mean() for b, i in real) / len(real)  # noqa: E731
+    expected = (mse(student[0], teacher[0]) + mse(student[1], teacher[1]) + mse(student[2], teacher[3])) / 3
+    torch.testing.assert_close(hidden_state_loss(student, teacher, [0, 2], mask), expected)
+    moved = tuple(s.clone() for s in student)
+    moved[1][1, 2] += 100.0  # a padded token
+    torch.testing.assert_close(hidden_state_loss(moved, teacher, [0, 2], mask), expected)
+
+    softmax = lambda n: torch.softmax(torch.randn(2, n, 3, 3, generator=g), -1)  # noqa: E731
+    s_maps, t_maps = (softmax(2), softmax(2)), (softmax(4), softmax(4), softmax(4))  # pruned: fewer heads
+    kl = lambda p, q: (p * (p / q).log()).sum()  # noqa: E731
+    per_layer = [sum(kl(t_maps[t].mean(1)[b, i], s_maps[j].mean(1)[b, i]) for b, i in real) / len(real)
+                 for j, t in enumerate([0, 2])]  # fmt: skip
+    torch.testing.assert_close(attention_loss(s_maps, t_maps, [0, 2], mask), sum(per_layer) / 2)
+    assert attention_loss(t_maps, t_maps, [0, 1], mask).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_deep_distillation_adds_both_terms_against_the_teacher_on_the_same_batch():
+    from runner.sparsify.distill import attention_loss, hidden_state_loss
+
+    cfg = compose(["distill=deep"]).distill
+    teacher, student = tiny_bert(seed=0), tiny_bert(seed=1, layers=1)
+    for model in (teacher, student):
+        model.set_attn_implementation("eager")
+    ids = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(2))
+    mask = torch.ones_like(ids)
+    batch = (ids, mask, torch.zeros_like(ids), torch.tensor([0, 2]), torch.randn(2, 3))
+    run = {"input_ids": ids, "attention_mask": mask, "token_type_ids": batch[2]}
+    s = student(**run, output_hidden_states=True, output_attentions=True)
+    with torch.no_grad():
+        t = teacher(**run, output_hidden_states=True, output_attentions=True)
+    expected = (
+        distillation_loss(s.logits, batch[4], batch[3], cfg.temperature, cfg.kd_weight)
+        + hidden_state_loss(s.hidden_states, t.hidden_states, [1], mask)
+        + attention_loss(s.attentions, t.attentions, [1], mask)
+    )
+    torch.testing.assert_close(training.distilled(cfg, teacher, [1])(student, batch), expected)
+    plain = training.distilled(compose([]).distill, teacher, [1])(student, batch)  # weights 0: logits only
+    torch.testing.assert_close(
+        plain, distillation_loss(s.logits, batch[4], batch[3], cfg.temperature, cfg.kd_weight)
+    )

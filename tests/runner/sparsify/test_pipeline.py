@@ -64,7 +64,9 @@ def test_pipeline_end_to_end_then_bench_stage_alone(tmp_path, monkeypatch, wiki_
         "trainer.progress=false", "prune.epochs=1", "prune.layer_drop_epochs=1", "prune.update_every=1", "sparsify.sparsity=[0.5]", "sparsify.layers=[null,1]",
         "bench.batch_sizes=[1]", "bench.seq_lens=[16]", "bench.threads=[1]", "bench.headline=[1,16,1]",
         "bench.iters=2", "bench.warmup=1", "bench.repeats=2", "bench.instances.iters=2",
-        "bench.instances.seq_len=16", "confirm.seeds=[1]", f"run_dir={run_dir}",
+        "bench.instances.seq_len=16", "confirm.seeds=[1]", "bench.scaling.calls=2", "bench.scaling.threads=[1]", "bench.scaling.batch_sizes=[1]",
+        "bench.scaling.seq_lens=[16]", "bench.scaling.spinning=[null]", "bench.scaling.real_lengths=3",
+        "~bench.scaling.allocators.jemalloc", "~bench.scaling.allocators.tcmalloc", f"run_dir={run_dir}",
     ]  # fmt: skip
     assert pipeline.run(compose(overrides)) == run_dir
     main = pipeline.Run(compose(overrides), run_dir)
@@ -121,6 +123,11 @@ def test_pipeline_end_to_end_then_bench_stage_alone(tmp_path, monkeypatch, wiki_
     same_split = pipeline.seed_run(main, 1).data()[0]["test"]["input_ids"]
     assert same_split.equal(main.data()[0]["test"]["input_ids"])  # tested on the examples seed 0 was
     assert "Mean drop over 2 seeds" in (run_dir / "report.md").read_text()
+    with open(run_dir / "scaling.csv") as f:  # the winner and its dense int8 baseline: headline, test lengths
+        studied = list(csv.DictReader(f))
+    assert {r["model"] for r in studied} == {confirmed["winner"], winner["int8_baseline"]}
+    assert sorted(r["axis"] for r in studied) == ["headline", "headline", "inputs", "inputs"]
+    assert "## Scaling study" in (run_dir / "report.md").read_text()
     floor = json.loads((run_dir / "stages" / "quantize" / "floor.json").read_text())
     assert 0 <= floor["accuracy"] <= 1 and floor["C"] in compose(overrides).floor.C
     assert f"test accuracy {floor['accuracy']:.4f}" in (run_dir / "report.md").read_text()
