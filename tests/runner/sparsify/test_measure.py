@@ -12,6 +12,7 @@ from runner.sparsify.schema import compose
 from tests.runner.sparsify.test_pruning import tiny_bert
 
 SEQ_LEN, CALLS, WARMUP = 32, 200, 20  # 32: the tiny BERT's longest input
+TRIES = 2  # timings of each kind, alternated
 AGREEMENT = 1.5  # either median at most 1.5x the other: in-process interference (the bug this guards) was 2x
 
 STANDALONE = """
@@ -45,8 +46,10 @@ def test_the_harness_times_a_model_as_a_standalone_process_does(tmp_path):
                                   export.example_inputs(2, 8, 50, seed=0))  # fmt: skip
     row = {"engine": "onnxruntime", "precision": "fp32", "path": str(path), "vocab_size": 50}
     spec = bench.spec(cfg.bench, cfg.export, row, 1, [{"batch": 1, "seq_len": SEQ_LEN}], seed=0)
-    harness = float(np.median(np.concatenate(measure.run(spec)["rounds"][0])))
     argv = json.dumps([str(path), 50, SEQ_LEN, CALLS, WARMUP])
-    alone = float(subprocess.run([sys.executable, "-c", STANDALONE, argv], capture_output=True, text=True,
-                                 check=True, env=os.environ | {"OMP_NUM_THREADS": "1"}).stdout)  # fmt: skip
-    assert 1 / AGREEMENT <= harness / alone <= AGREEMENT, (harness, alone)
+    harness, alone = [], []
+    for _ in range(TRIES):  # alternated; noise from elsewhere only slows a run, so each side's fastest counts
+        harness.append(float(np.median(np.concatenate(measure.run(spec)["rounds"][0]))))
+        alone.append(float(subprocess.run([sys.executable, "-c", STANDALONE, argv], capture_output=True, text=True,
+                                          check=True, env=os.environ | {"OMP_NUM_THREADS": "1"}).stdout))  # fmt: skip
+    assert 1 / AGREEMENT <= min(harness) / min(alone) <= AGREEMENT, (harness, alone)
