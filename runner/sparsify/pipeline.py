@@ -12,7 +12,7 @@
     comparison.csv, report.md, pareto.png
 
 A stage whose outputs exist is skipped under stage=all; naming a stage reruns just that one (stage=bench also
-rewrites the report from the new timings).
+rewrites the report from the new timings, as stage=confirm and stage=scale do).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from runner.errors import UsageError
 from runner.results import read_json_file, write_json, write_text
 
 STAGES = ("finetune", "prune", "quantize", "bench", "confirm", "scale", "report")
+REPORTED = ("bench", "confirm", "scale")  # stages whose results report.md shows
 DONE = "metrics.json"  # written last by a training stage: its presence means the stage finished
 
 
@@ -327,10 +328,11 @@ def resolve_run_dir(cfg: DictConfig) -> Path:
 
 
 def selected(stage: str) -> list[str]:
-    """The stages that `stage=...` runs, in order: all, or the one named (bench also rewrites the report)."""
+    """The stages that `stage=...` runs, in order: all, or the one named (bench, confirm and scale also rewrite
+    the report, which shows what they found)."""
     if stage == "all":
         return list(STAGES)
-    return [stage, "report"] if stage == "bench" else [stage]
+    return [stage, "report"] if stage in REPORTED else [stage]
 
 
 def check_depths(cfg: DictConfig) -> None:

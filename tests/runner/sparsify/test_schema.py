@@ -91,3 +91,12 @@ def test_cli_exits_2_with_one_line(monkeypatch, capsys, overrides):
     _, err = capsys.readouterr()
     assert exit_info.value.code == 2
     assert len(err.strip().splitlines()) == 1 and overrides[-1].split("=")[0] in err
+
+
+def test_a_stage_run_alone_rewrites_the_report_when_the_report_shows_its_results():
+    assert pipeline.selected("all") == list(pipeline.STAGES)
+    assert pipeline.selected("confirm") == ["confirm", "report"] and pipeline.selected("scale") == [
+        "scale",
+        "report",
+    ]
+    assert pipeline.selected("prune") == ["prune"]
