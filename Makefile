@@ -48,9 +48,10 @@ lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# The whole suite, slow tests included (627 tests: 15.1 minutes of pytest on the 2-core AMD EPYC, 18.3 with the
-# install on a fresh clone, over the 15 of the goal; 8.3 and about 10 for 624 on the Intel Xeon with AMX); the 15
-# slowest are listed at the end (the end-to-end reproduction's setup 99 s). `pytest -m "not slow"` for a quick loop.
+# The whole suite, slow tests included (647 tests on a fresh clone of 894a140: 25.5 minutes of pytest, 29.8 with
+# the install, on a 2-core Intel Xeon with AMX showing ~40% CPU steal; 627 took 15.1 / 18.3 on the AMD EPYC: over
+# the 15 of the goal); the 15 slowest are listed at the end (sparsify's pipeline 229 s, the end-to-end
+# reproduction's setup 145 s). `pytest -m "not slow"` for a quick loop.
 # pytest exits 5 when it collects nothing: for this project that means the suite is broken, so say so.
 test: data services allocators lint
 	$(PY) -m pytest -q --durations=15; rc=$$?; \
