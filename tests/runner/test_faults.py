@@ -167,11 +167,11 @@ def test_ctrl_c_in_the_first_seconds_leaves_a_run_that_resumes_or_nothing(tmp_pa
         process = spawn([*overrides, f"run_dir={run_dir}"])
         time.sleep(delay)
         process.send_signal(signal.SIGINT)
-        process.communicate(timeout=60)
+        _, err = process.communicate(timeout=60)
         if not run_dir.exists():
             # 130 once adamrun's code runs; a Ctrl-C still inside the interpreter's own start-up (site, the
             # editable install's finder) ends the process by SIGINT itself, which a shell reports as 130 too
-            assert process.returncode in (130, -signal.SIGINT), process.returncode
+            assert process.returncode in (130, -signal.SIGINT), (process.returncode, err)
             assert not any(
                 r["run_dir"] == str(run_dir) for r in results.read_rows(tmp_path / "results" / "runs.csv")
             )
