@@ -12,7 +12,7 @@ from rich.console import Console
 from runner import cli
 from runner.config import compose
 from runner.errors import UsageError
-from tests.conftest import assert_one_line, tiny_overrides
+from tests.conftest import adamrun, assert_one_line, tiny_overrides
 
 OPTIMIZERS = [
     "adam_l2",
@@ -163,3 +163,16 @@ def test_mistakes_through_the_installed_command_are_one_line_and_exit_2(argv, sa
 def test_a_command_group_alone_shows_its_help():
     done = installed("config")
     assert done.returncode == 2 and "Usage: adamrun config" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("raised", "code"), [(KeyboardInterrupt, 130), (EOFError, 1)])
+def test_a_ctrl_c_before_the_command_handles_it_exits_130(monkeypatch, capsys, raised, code):
+    """A Ctrl-C while a command composes its config (before its own handling) is 130, as a shell expects;
+    end of input there is click's Abort, 1."""
+    from runner.sparsify import schema
+
+    def interrupted(overrides):
+        raise raised
+
+    monkeypatch.setattr(schema, "compose", interrupted)
+    assert adamrun(monkeypatch, capsys, "sparsify-bert")[0] == code
