@@ -113,6 +113,14 @@ def write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_rows_csv(path: Path, columns: list[str], rows: Iterable[dict]) -> None:
+    """A CSV of dict rows in `columns` order (keys outside them left out), atomically."""
+    with replaced_atomically(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def write_json(path: Path, value: Any) -> None:
     """A JSON file, atomically (a sparsify stage counts as done when its file exists)."""
     write_text(path, json.dumps(value, indent=2))

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from runner.sparsify import task
+from runner.sparsify import measure, task
 
 RESULT = "floor.json"
 
@@ -34,12 +34,7 @@ def pipeline(cfg: Any, c: float) -> Any:
 
 def latency_p50_ms(model: Any, examples: list[str], calls: int) -> float:
     """Median time of one prediction at batch 1, cycling through real texts (this process, nothing else run)."""
-    took = []
-    for i in range(calls):
-        started = time.perf_counter()
-        model.predict(examples[i % len(examples) : i % len(examples) + 1])
-        took.append((time.perf_counter() - started) * 1000)
-    return float(np.median(took))
+    return float(np.median(measure.time_point(model.predict, [[text] for text in examples], 0, calls)))
 
 
 def fit(loaded: task.TaskData, cfg: Any) -> dict[str, float]:

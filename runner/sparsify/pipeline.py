@@ -179,9 +179,8 @@ def prune(run: Run, forced: bool, only: list[Variant] | None = None) -> None:
         pruner = pruning.PRUNERS[variant.structured](student, cfg.prune, variant.sparsity, steps)
         depth = teacher.config.num_hidden_layers
         layer_map = pruning.kept_layer_indices(depth, variant.layers) if dropped else list(range(depth))
-        if (
-            cfg.distill.attention_weight
-        ):  # only eager attention returns its maps (not saved: exports use sdpa)
+        if cfg.distill.attention_weight:
+            # only eager attention returns its maps (not saved: the exports use sdpa)
             for model in (student, teacher):
                 model.set_attn_implementation("eager")
         loss = training.distilled(cfg.distill, teacher, layer_map)
@@ -259,6 +258,15 @@ def one_seed(run: Run, winner: dict, seed: int) -> dict:
     return found
 
 
+def headline_winner(run: Run) -> tuple[list[dict], dict]:
+    """The quantize stage's rows and the winner its bench chose at the headline point (confirm.chosen)."""
+    from runner.sparsify import confirm as confirming
+
+    rows = read_json_file(run.stage("quantize") / "variants.json")
+    timings = read_json_file(run.stage("bench") / "timings.json")
+    return rows, confirming.chosen(rows, timings, list(run.cfg.bench.headline))
+
+
 def confirm(run: Run, forced: bool) -> None:
     """Dense and the winner (chosen on validation with the run's seed) on every seed of confirm.seeds."""
     from runner.sparsify import confirm as confirming
@@ -267,9 +275,7 @@ def confirm(run: Run, forced: bool) -> None:
     if out.exists() and not forced:
         return
     require(run.stage("bench") / "timings.json", "confirm")
-    rows = read_json_file(run.stage("quantize") / "variants.json")
-    timings = read_json_file(run.stage("bench") / "timings.json")
-    winner = confirming.chosen(rows, timings, list(run.cfg.bench.headline))
+    _, winner = headline_winner(run)
     seeds = [{"seed": int(run.cfg.seed), "dense": winner["dense_accuracy"], "winner": winner["accuracy"]}]
     seeds += [one_seed(run, winner, int(s)) for s in run.cfg.confirm.seeds]
     write_json(out, confirming.summary(winner, seeds, run.cfg.confirm))
@@ -277,7 +283,6 @@ def confirm(run: Run, forced: bool) -> None:
 
 def scale(run: Run, forced: bool) -> None:
     """The scaling study of the winner and the dense int8 deployment it is compared with (bench.scaling)."""
-    from runner.sparsify import confirm as confirming
     from runner.sparsify import report as reporting
     from runner.sparsify import scaling
 
@@ -285,9 +290,7 @@ def scale(run: Run, forced: bool) -> None:
     if not run.cfg.bench.scaling.enabled or (out.exists() and not forced):
         return
     require(run.stage("bench") / "timings.json", "scale")
-    rows = read_json_file(run.stage("quantize") / "variants.json")
-    timings = read_json_file(run.stage("bench") / "timings.json")
-    winner = confirming.chosen(rows, timings, list(run.cfg.bench.headline))
+    rows, winner = headline_winner(run)
     studied = [r for r in rows if reporting.name(r) in (winner["name"], winner["int8_baseline"])]
     mask = run.data()[0]["test"]["attention_mask"][: run.cfg.bench.scaling.real_lengths]
     write_json(out, scaling.study(studied, run.cfg, [int(n) for n in mask.sum(1)]))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 from typing import Any
 
 from runner import render
-from runner.results import read_json_file, replaced_atomically, write_text
+from runner.results import read_json_file, write_rows_csv, write_text
 
 COLUMNS = [
     "variant", "sparsity", "structured", "layers", "precision", "engine", "val_accuracy", "val_drop", "accuracy",
@@ -24,6 +23,12 @@ COMMANDS = "commands.txt"  # every command run on this directory, appended by th
 
 def load(run_dir: Path, name: str) -> Any:
     return read_json_file(run_dir / "stages" / name)
+
+
+def load_if_run(run_dir: Path, name: str) -> Any:
+    """A stage's file, or None where that stage has not run (confirm, scale, the floor)."""
+    path = run_dir / "stages" / name
+    return read_json_file(path) if path.exists() else None
 
 
 def is_baseline(r: dict) -> bool:
@@ -70,13 +75,6 @@ def comparison(rows: list[dict], timings: list[dict]) -> list[dict]:
             "macro_f1": row["macro_f1"],
         })  # fmt: skip
     return table
-
-
-def write_csv(path: Path, table: list[dict]) -> None:
-    with replaced_atomically(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(table)
 
 
 def cell(value: Any) -> str:
@@ -167,11 +165,10 @@ def scaling_section(run_dir: Path, cfg: Any) -> list[str]:
     """scaling.csv, one plot per axis and the findings, from stages/scale/scaling.json (if the stage ran)."""
     from runner.sparsify import scaling
 
-    found = run_dir / "stages" / "scale" / "scaling.json"
-    if not found.exists():
+    table = load_if_run(run_dir, "scale/scaling.json")
+    if table is None:
         return []
-    table = read_json_file(found)
-    scaling.write_csv(run_dir / "scaling.csv", table)
+    write_rows_csv(run_dir / "scaling.csv", scaling.COLUMNS, table)
     plots = scaling.plot(run_dir, table)
     return [
         "## Scaling study: one factor at a time around the headline point (scaling.csv)",
@@ -274,7 +271,7 @@ def print_table(headline: list[dict]) -> None:
 def write(cfg: Any, run_dir: Path) -> None:
     rows, timings = load(run_dir, "quantize/variants.json"), load(run_dir, "bench/timings.json")
     table = comparison(rows, timings)
-    write_csv(run_dir / "comparison.csv", table)
+    write_rows_csv(run_dir / "comparison.csv", COLUMNS, table)
     point = list(cfg.bench.headline)
     headline = at(table, point)
     plot(run_dir / PLOT, headline, point)
@@ -305,8 +302,6 @@ def write(cfg: Any, run_dir: Path) -> None:
         "speedup_vs_int8",
         "spread",
     ]
-    confirmed = run_dir / "stages" / "confirm" / "confirm.json"
-    floor = run_dir / "stages" / "quantize" / "floor.json"
     text = [
         f"# sparsify-bert: {cfg.model.name} on {cfg.task.name}",
         "",
@@ -316,10 +311,8 @@ def write(cfg: Any, run_dir: Path) -> None:
         "",
         verdict(headline),
         "",
-        *seeds_section(read_json_file(confirmed) if confirmed.exists() else None, winner(headline)),
-        floor_line(
-            read_json_file(floor) if floor.exists() else None, next(r for r in rows if is_baseline(r))
-        ),
+        *seeds_section(load_if_run(run_dir, "confirm/confirm.json"), winner(headline)),
+        floor_line(load_if_run(run_dir, "quantize/floor.json"), next(r for r in rows if is_baseline(r))),
         "",
         f"## Batch {point[0]}, seq {point[1]}, {point[2]} threads",
         "",

@@ -12,12 +12,10 @@ against 1 with 2 threads, ONNX Runtime models). Every setting is one measure.py 
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
 from runner import render
-from runner.results import replaced_atomically
 from runner.sparsify import bench, measure
 
 COLUMNS = [
@@ -94,13 +92,6 @@ def study(rows: list[dict], cfg: Any, lengths: list[int]) -> list[dict]:
                 found.append(time_setting(setting, row, scaling, cfg.bench, cfg.export, lengths, cfg.seed))
                 bar.advance(job)
     return found
-
-
-def write_csv(path: Path, table: list[dict]) -> None:
-    with replaced_atomically(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(table)
 
 
 def axes(table: list[dict]) -> list[str]:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from runner.results import write_rows_csv
 from runner.sparsify import engines, export, scaling
 from runner.sparsify.schema import compose
 from tests.runner.sparsify.test_pruning import tiny_bert
@@ -53,7 +54,7 @@ def test_the_study_times_a_model_with_each_allocator_really_preloaded(tmp_path):
         assert r["preloaded"] == ([str(Path(library).resolve())] if library else [])
         assert r["calls"] >= 4 and r["latency_p50_ms"] > 0
     assert [r["batch"] for r in table if r["axis"] == "batch"] == [2]
-    scaling.write_csv(tmp_path / "scaling.csv", table)
+    write_rows_csv(tmp_path / "scaling.csv", scaling.COLUMNS, table)
     plots = scaling.plot(tmp_path, table)
     assert [p.name for p in plots] == [f"scaling-{a}.png" for a in scaling.axes(table)]
     assert all(p.stat().st_size > 0 for p in plots) and len(plots) == 6
