@@ -9,11 +9,23 @@ import numpy as np
 
 from runner.sparsify import bench, engines, export, measure
 from runner.sparsify.schema import compose
-from tests.runner.sparsify.test_pruning import tiny_bert
 
-SEQ_LEN, CALLS, WARMUP = 32, 200, 20  # 32: the tiny BERT's longest input
-TRIES = 2  # timings of each kind, alternated
+SEQ_LEN, CALLS, WARMUP, VOCAB = 64, 100, 10, 50
+MAX_TRIES = 8  # timings of each kind, alternated until the fastest of each agree (a real 2x shift never does)
 AGREEMENT = 1.5  # either median at most 1.5x the other: in-process interference (the bug this guards) was 2x
+
+
+def timed_bert():
+    """A BERT whose call takes milliseconds on one thread: the tiny test BERT's 0.2 ms is mostly fixed costs,
+    which varied 1.6x between two standalone runs on CI."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=VOCAB, hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=1024, max_position_embeddings=SEQ_LEN, num_labels=3)  # fmt: skip
+    return BertForSequenceClassification(config).eval()
+
 
 STANDALONE = """
 import json, statistics, sys, time
@@ -42,14 +54,20 @@ def test_the_harness_times_a_model_as_a_standalone_process_does(tmp_path):
         [f"bench.iters={CALLS // 2}", "bench.repeats=2", f"bench.warmup={WARMUP}", "export.dynamo=false"]
     )
     with engines.quiet():
-        path = export.export_onnx(tiny_bert(), tmp_path / "model.onnx", cfg.export,
-                                  export.example_inputs(2, 8, 50, seed=0))  # fmt: skip
-    row = {"engine": "onnxruntime", "precision": "fp32", "path": str(path), "vocab_size": 50}
+        path = export.export_onnx(timed_bert(), tmp_path / "model.onnx", cfg.export,
+                                  export.example_inputs(2, 8, VOCAB, seed=0))  # fmt: skip
+    row = {"engine": "onnxruntime", "precision": "fp32", "path": str(path), "vocab_size": VOCAB}
     spec = bench.spec(cfg.bench, cfg.export, row, 1, [{"batch": 1, "seq_len": SEQ_LEN}], seed=0)
-    argv = json.dumps([str(path), 50, SEQ_LEN, CALLS, WARMUP])
+    argv = json.dumps([str(path), VOCAB, SEQ_LEN, CALLS, WARMUP])
     harness, alone = [], []
-    for _ in range(TRIES):  # alternated; noise from elsewhere only slows a run, so each side's fastest counts
+    for _ in range(MAX_TRIES):  # noise from elsewhere only slows a run, so each side's fastest is its figure
         harness.append(float(np.median(np.concatenate(measure.run(spec)["rounds"][0]))))
         alone.append(float(subprocess.run([sys.executable, "-c", STANDALONE, argv], capture_output=True, text=True,
                                           check=True, env=os.environ | {"OMP_NUM_THREADS": "1"}).stdout))  # fmt: skip
-    assert 1 / AGREEMENT <= min(harness) / min(alone) <= AGREEMENT, (harness, alone)
+        if agree(harness, alone):
+            break
+    assert agree(harness, alone), (harness, alone)
+
+
+def agree(harness: list[float], alone: list[float]) -> bool:
+    return 1 / AGREEMENT <= min(harness) / min(alone) <= AGREEMENT
