@@ -61,7 +61,7 @@ def test_pipeline_end_to_end_then_bench_stage_alone(tmp_path, monkeypatch, wiki_
     overrides = [
         "model.package=null", f"model.name_or_path={tiny_model_dir}", "task.package=null", f"task.file={wiki_file}",
         "task.train_limit=null", "task.max_len=16", "export.dynamo=false", "trainer.epochs=1", "trainer.batch_size=8",
-        "trainer.progress=false", "prune.epochs=1", "prune.layer_drop_epochs=1", "prune.update_every=1", "sparsify.sparsity=[0.5]", "sparsify.layers=[null,1]",
+        "trainer.progress=false", "prune.epochs=1", "prune.layer_drop_epochs=1", "prune.update_every=1", "sparsify.sparsity=[0.5]", "sparsify.unstructured=true", "sparsify.layers=[null,1]",
         "bench.batch_sizes=[1]", "bench.seq_lens=[16]", "bench.threads=[1]", "bench.headline=[1,16,1]",
         "bench.iters=2", "bench.warmup=1", "bench.repeats=2", "bench.instances.iters=2",
         "bench.instances.seq_len=16", "confirm.seeds=[1]", "bench.scaling.calls=2", "bench.scaling.threads=[1]", "bench.scaling.batch_sizes=[1]",
