@@ -156,6 +156,14 @@ def test_a_stop_signal_mid_epoch_is_handled_as_ctrl_c(tmp_path, slow_fmnist, str
     assert final["wall_s"] > first["wall_s"]  # the total over both segments, not the resumed part alone
 
 
+def in_interpreter_start_up(returncode: int, err: str) -> bool:
+    """A Ctrl-C before any adamrun code ran: 130 is adamrun's answer once it runs. Before, Python itself ends the
+    process: by SIGINT (a shell shows 130 too), or with exit 1 and this traceback when it lands in `site` (the
+    editable install's .pth finder), as a loop of Ctrl-Cs at 5-80 ms into `python -c "import runner.cli"` shows."""
+    in_site = "<frozen site>" in err and err.rstrip().endswith("KeyboardInterrupt")
+    return returncode == -signal.SIGINT or (returncode == 1 and in_site)
+
+
 @pytest.mark.slow
 def test_ctrl_c_in_the_first_seconds_leaves_a_run_that_resumes_or_nothing(tmp_path, slow_fmnist):
     """Ctrl-C while the data loads leaves no row and no folder; once the folder exists, a row that says
@@ -169,9 +177,10 @@ def test_ctrl_c_in_the_first_seconds_leaves_a_run_that_resumes_or_nothing(tmp_pa
         process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=60)
         if not run_dir.exists():
-            # 130 once adamrun's code runs; a Ctrl-C still inside the interpreter's own start-up (site, the
-            # editable install's finder) ends the process by SIGINT itself, which a shell reports as 130 too
-            assert process.returncode in (130, -signal.SIGINT), (process.returncode, err)
+            assert process.returncode == 130 or in_interpreter_start_up(process.returncode, err), (
+                process.returncode,
+                err,
+            )
             assert not any(
                 r["run_dir"] == str(run_dir) for r in results.read_rows(tmp_path / "results" / "runs.csv")
             )
