@@ -15,7 +15,9 @@ def test_default_config_composes_with_every_group():
     names = [v.name for v in pipeline.variants(cfg)]
     assert names == ["dense", "s0.5-structured-3L", "s0.5-structured-2L"]
     assert [v.layers for v in pipeline.variants(cfg)] == [None, 3, 2]
-    larger = compose(["sparsify.sparsity=[0.5,0.8]", "sparsify.unstructured=true", "sparsify.layers=[null,3]"])
+    larger = compose(
+        ["sparsify.sparsity=[0.5,0.8]", "sparsify.unstructured=true", "sparsify.layers=[null,3]"]
+    )
     assert [v.name for v in pipeline.variants(larger)] == [
         "dense",
         "s0.5-unstructured", "s0.5-structured", "s0.5-structured-3L",
