@@ -9,8 +9,9 @@ import numpy as np
 
 from runner.sparsify import bench, engines, export, measure
 from runner.sparsify.schema import compose
+from tests.runner.sparsify.test_pruning import tiny_bert
 
-SEQ_LEN, CALLS, WARMUP, VOCAB = 64, 100, 10, 50
+SEQ_LEN, CALLS, WARMUP, VOCAB = 64, 100, 10, 50  # VOCAB: tiny_bert's
 MAX_TRIES = 8  # timings of each kind, alternated until the fastest of each agree (a real 2x shift never does)
 AGREEMENT = 1.5  # either median at most 1.5x the other: in-process interference (the bug this guards) was 2x
 
@@ -18,13 +19,7 @@ AGREEMENT = 1.5  # either median at most 1.5x the other: in-process interference
 def timed_bert():
     """A BERT whose call takes milliseconds on one thread: the tiny test BERT's 0.2 ms is mostly fixed costs,
     which varied 1.6x between two standalone runs on CI."""
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification
-
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=VOCAB, hidden_size=256, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=1024, max_position_embeddings=SEQ_LEN, num_labels=3)  # fmt: skip
-    return BertForSequenceClassification(config).eval()
+    return tiny_bert(hidden=256, intermediate=1024, positions=SEQ_LEN)
 
 
 STANDALONE = """

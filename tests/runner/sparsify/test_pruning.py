@@ -9,17 +9,17 @@ from runner.sparsify.schema import compose
 TOTAL_STEPS = 100
 
 
-def tiny_bert(seed=0, layers=2):
+def tiny_bert(seed=0, layers=2, hidden=32, intermediate=64, positions=32):
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=50,
-        hidden_size=32,
+        hidden_size=hidden,
         num_hidden_layers=layers,
         num_attention_heads=4,
-        intermediate_size=64,
-        max_position_embeddings=32,
+        intermediate_size=intermediate,
+        max_position_embeddings=positions,
         num_labels=3,
     )
     return BertForSequenceClassification(config).eval()
