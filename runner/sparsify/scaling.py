@@ -5,7 +5,8 @@ Axes (bench.scaling in conf): threads, batch, sequence length, the memory alloca
 tcmalloc by LD_PRELOAD), the thread wait policy (OMP_WAIT_POLICY and ONNX Runtime's intra-op spinning),
 padded inputs against the test set's own lengths at batch 1, and instances (2 single-thread processes
 against 1 with 2 threads, ONNX Runtime models). Every setting is one measure.py process with at least
-`calls` timed calls, nothing else running.
+`calls` timed calls, nothing else running. A setting whose process fails is kept with its error (and no
+figures), and the study goes on: OpenVINO's wheel, for one, crashed under either preloaded allocator here.
 
     scaling.csv, scaling-<axis>.png, and the findings in report.md
 """
@@ -21,7 +22,9 @@ from runner.sparsify import bench, measure
 COLUMNS = [
     "model", "axis", "value", "batch", "seq_len", "threads", "allocator", "spinning", "inputs", "latency_p50_ms",
     "latency_p90_ms", "latency_p99_ms", "throughput_per_s", "calls", "file_mb", "load_s", "peak_rss_mb", "preloaded",
+    "error",
 ]  # fmt: skip
+TIMED = ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms", "throughput_per_s", "load_s", "peak_rss_mb")
 WAIT_POLICY = {True: "ACTIVE", False: "PASSIVE"}  # OMP_WAIT_POLICY for spinning on / off
 
 
@@ -72,7 +75,11 @@ def time_setting(setting: dict, row: dict, scaling: Any, bench_cfg: Any, export_
         "repeats": scaling.repeats,
         "spinning": setting["spinning"],
     }
-    result = measure.run(spec, environment(setting, scaling))
+    try:
+        result = measure.run(spec, environment(setting, scaling))
+    except RuntimeError as err:  # that setting only: OpenVINO's wheel crashed under LD_PRELOAD'ed allocators
+        return {**setting, "model": measure.row_name(row), "calls": 0, "file_mb": row["file_mb"],
+                "preloaded": [], "error": str(err).rsplit(" failed: ", 1)[-1], **dict.fromkeys(TIMED, float("nan"))}  # fmt: skip
     rounds = result["rounds"][0]
     found = bench.summarize(rounds, point["batch"])
     return {**setting, "model": measure.row_name(row), "calls": sum(len(r) for r in rounds), "file_mb": row["file_mb"],
@@ -129,11 +136,18 @@ def findings(table: list[dict], absent: dict[str, str]) -> list[str]:
     for model in dict.fromkeys(r["model"] for r in table):
         own = [r for r in table if r["model"] == model]
         headline = next(r for r in own if r["axis"] == "headline")
+        if headline.get("error"):
+            lines.append(
+                f"- {model}: its headline setting failed ({headline['error']}), nothing to compare with"
+            )
+            continue
         for axis in axes(own):
             rows = [r for r in own if r["axis"] == axis]
             ratios = ", ".join(
-                f"{r['value']} {r['latency_p50_ms'] / headline['latency_p50_ms']:.2f}x" for r in rows
-            )
+                f"{r['value']} failed ({r['error']})" if r.get("error")
+                else f"{r['value']} {r['latency_p50_ms'] / headline['latency_p50_ms']:.2f}x"
+                for r in rows
+            )  # fmt: skip
             lines.append(f"- {model}, {axis} (p50 against the headline's {headline_value(headline, axis)}, "
                          f"{headline['latency_p50_ms']:.2f} ms): {ratios}")  # fmt: skip
     lines += [

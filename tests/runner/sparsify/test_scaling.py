@@ -1,5 +1,6 @@
 """The scaling study: one factor at a time around the headline, each setting really applied in its process."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,32 @@ def test_findings_give_each_value_against_the_headline():
     [line, absent] = scaling.findings(rows, {"tcmalloc": "/no/such.so"})
     assert line == "- m, threads (p50 against the headline's 2, 10.00 ms): 1 1.80x"
     assert "tcmalloc: not installed" in absent
+
+
+def test_a_setting_whose_process_fails_is_kept_with_its_error_and_the_study_goes_on(monkeypatch):
+    """OpenVINO's wheel aborted ("munmap_chunk(): invalid pointer") under jemalloc and tcmalloc: those settings
+    are rows with the error and no figures, every other setting is still timed, and the findings say which."""
+    cfg = compose(["bench.scaling.seq_lens=[128]", "bench.scaling.batch_sizes=[1]", "bench.scaling.spinning=[null]",
+                   "bench.scaling.allocators.jemalloc=/bin/sh", "bench.scaling.allocators.tcmalloc=/no/such.so"])  # fmt: skip
+    started = []
+
+    def fake_run(spec, env):
+        started.append(env)
+        if "LD_PRELOAD" in env:
+            raise RuntimeError("timing m at 2 threads failed: munmap_chunk(): invalid pointer")
+        return {"rounds": [[[2.0, 2.0], [2.0, 2.0]]], "load_s": 0.1, "peak_rss_mb": 9.0, "preloaded": []}
+
+    monkeypatch.setattr(scaling.measure, "run", fake_run)
+    row = {"engine": "openvino", "precision": "int8-static", "path": "m.xml", "vocab_size": 50, "file_mb": 1.0,
+           "variant": "dense"}  # fmt: skip
+    table = scaling.study([row], cfg, lengths=[])
+    assert [r["axis"] for r in table] == ["headline", "threads", "allocator"] and len(started) == 3
+    [failed] = [r for r in table if r.get("error")]
+    assert failed["value"] == "jemalloc" and failed["error"] == "munmap_chunk(): invalid pointer"
+    assert math.isnan(failed["latency_p50_ms"]) and failed["calls"] == 0
+    assert table[1]["latency_p50_ms"] == pytest.approx(2.0)
+    text = "\n".join(scaling.findings(table, {}))
+    assert "jemalloc failed (munmap_chunk(): invalid pointer)" in text and "threads (p50" in text
 
 
 @pytest.mark.slow
