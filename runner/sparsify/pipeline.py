@@ -102,9 +102,12 @@ def require(path: Path, stage: str) -> None:
         raise UsageError(f"stage={stage} needs {path} (run the earlier stages first, e.g. stage=all)")
 
 
-def with_epochs(cfg: DictConfig, epochs: int) -> DictConfig:
+def for_pruning(cfg: DictConfig, epochs: int) -> DictConfig:
+    """The config of one pruning run: its own epochs, and prune.lr as its peak lr where it is set."""
     changed = copy.deepcopy(cfg)
     changed.trainer.epochs = epochs
+    if cfg.prune.lr is not None:
+        changed.optimizer.lr = cfg.prune.lr
     return changed
 
 
@@ -174,7 +177,7 @@ def prune(run: Run, forced: bool, only: list[Variant] | None = None) -> None:
         dropped = variant.layers is not None
         if dropped:
             pruning.drop_layers(student, variant.layers)
-        cfg = with_epochs(run.cfg, run.cfg.prune.layer_drop_epochs if dropped else run.cfg.prune.epochs)
+        cfg = for_pruning(run.cfg, run.cfg.prune.layer_drop_epochs if dropped else run.cfg.prune.epochs)
         steps = training.steps_per_epoch(encoded, cfg) * cfg.trainer.epochs
         pruner = pruning.PRUNERS[variant.structured](student, cfg.prune, variant.sparsity, steps)
         depth = teacher.config.num_hidden_layers

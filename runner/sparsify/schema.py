@@ -122,9 +122,11 @@ class PruneConfig:
     importance: Importance = MISSING  # structured: how heads and neurons are ranked
     epochs: int = MISSING  # fine-tuning epochs of each pruning run (with distillation)
     layer_drop_epochs: int = MISSING  # epochs of a run whose student dropped layers (sparsify.layers)
+    lr: float | None = None  # peak lr of each pruning run; None: optimizer.lr, the dense fine-tune's
 
     def __post_init__(self) -> None:
         check_fraction(self.init_sparsity, "prune.init_sparsity", upper_open=True)
+        check(self.lr is None or self.lr > 0, "prune.lr", "must be > 0 (or null: optimizer.lr)", self.lr)
         check(
             0 <= self.start < self.end <= 1,
             "prune.start/end",

@@ -50,6 +50,7 @@ def test_documented_overrides_compose(overrides):
         (["quantize=int4"], "quantize"),
         (["sparsify.layers=[0]"], "sparsify.layers[0]"),
         (["prune.layer_drop_epochs=0"], "prune.layer_drop_epochs"),
+        (["prune.lr=0"], "prune.lr"),
         (["floor.C=[10.0,1.0]"], "floor.C"),
         (["confirm.level=95"], "confirm.level"),
         (["confirm.seeds=[]"], "confirm.seeds"),
@@ -61,6 +62,14 @@ def test_bad_options_are_one_line_usage_errors(overrides, key):
         compose(overrides)
     assert key in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_a_pruning_run_trains_at_prune_lr_and_the_dense_fine_tune_at_optimizer_lr():
+    cfg = compose(["optimizer.lr=3e-4", "prune.lr=1e-4", "prune.epochs=4"])
+    pruning = pipeline.for_pruning(cfg, cfg.prune.epochs)
+    assert (pruning.optimizer.lr, pruning.trainer.epochs) == (1e-4, 4)
+    assert (cfg.optimizer.lr, cfg.trainer.epochs) == (3e-4, 3)  # the run's own config is left as it was
+    assert pipeline.for_pruning(compose(["optimizer.lr=3e-4", "prune.lr=null"]), 4).optimizer.lr == 3e-4
 
 
 def test_stage_on_a_missing_run_dir_is_a_usage_error(tmp_path):
