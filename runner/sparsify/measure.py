@@ -98,6 +98,14 @@ def main(spec: dict) -> dict:
             "preloaded": preloaded()}  # fmt: skip
 
 
+class TimingFailed(RuntimeError):
+    """A timing process that exited with an error; `reason` is its last line of stderr."""
+
+    def __init__(self, spec: dict, reason: str) -> None:
+        super().__init__(f"timing {row_name(spec['row'])} at {spec['threads']} threads failed: {reason}")
+        self.reason = reason
+
+
 def run(spec: dict, env: dict[str, str] | None = None) -> dict:
     """Start the timing process for one spec and wait for its result (a failure is one error line)."""
     child_env = os.environ | {"OMP_NUM_THREADS": str(spec["threads"])} | (env or {})
@@ -106,8 +114,7 @@ def run(spec: dict, env: dict[str, str] | None = None) -> dict:
         input=json.dumps(spec), capture_output=True, text=True, env=child_env,
     )  # fmt: skip
     if done.returncode:
-        last = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
-        raise RuntimeError(f"timing {row_name(spec['row'])} at {spec['threads']} threads failed: {last}")
+        raise TimingFailed(spec, (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1])
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

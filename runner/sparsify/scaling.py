@@ -75,14 +75,16 @@ def time_setting(setting: dict, row: dict, scaling: Any, bench_cfg: Any, export_
         "repeats": scaling.repeats,
         "spinning": setting["spinning"],
     }
+    kept = {**setting, "model": measure.row_name(row), "file_mb": row["file_mb"]}
     try:
         result = measure.run(spec, environment(setting, scaling))
-    except RuntimeError as err:  # that setting only: OpenVINO's wheel crashed under LD_PRELOAD'ed allocators
-        return {**setting, "model": measure.row_name(row), "calls": 0, "file_mb": row["file_mb"],
-                "preloaded": [], "error": str(err).rsplit(" failed: ", 1)[-1], **dict.fromkeys(TIMED, float("nan"))}  # fmt: skip
+    except (
+        measure.TimingFailed
+    ) as err:  # that setting only: OpenVINO's wheel crashed under LD_PRELOAD'ed allocators
+        return kept | {"calls": 0, "preloaded": [], "error": err.reason, **dict.fromkeys(TIMED, float("nan"))}
     rounds = result["rounds"][0]
     found = bench.summarize(rounds, point["batch"])
-    return {**setting, "model": measure.row_name(row), "calls": sum(len(r) for r in rounds), "file_mb": row["file_mb"],
+    return {**kept, "calls": sum(len(r) for r in rounds),
             "load_s": result["load_s"], "peak_rss_mb": result["peak_rss_mb"], "preloaded": result["preloaded"], **found}  # fmt: skip
 
 

@@ -46,7 +46,7 @@ def test_a_setting_whose_process_fails_is_kept_with_its_error_and_the_study_goes
     def fake_run(spec, env):
         started.append(env)
         if "LD_PRELOAD" in env:
-            raise RuntimeError("timing m at 2 threads failed: munmap_chunk(): invalid pointer")
+            raise scaling.measure.TimingFailed(spec, "munmap_chunk(): invalid pointer")
         return {"rounds": [[[2.0, 2.0], [2.0, 2.0]]], "load_s": 0.1, "peak_rss_mb": 9.0, "preloaded": []}
 
     monkeypatch.setattr(scaling.measure, "run", fake_run)
