@@ -122,7 +122,7 @@ def verdict(headline: list[dict]) -> str:
         lines.append(
             f"- dense under-trained: {name(weak)} is {-weak['val_drop'] * 100:.2f} points above dense fp32 on "
             f"validation, more than the {GOAL_DROP * 100:g}-point margin, so the accuracy half of the goal says "
-            "nothing at this budget (train dense longer: trainer.epochs, task.train_limit)"
+            "nothing at this budget (train dense further: optimizer.lr, trainer.epochs, task.train_limit)"
         )
     fastest = max(headline, key=lambda r: r["speedup"])
     lines.append(
